@@ -1,0 +1,150 @@
+"""Run the ``migrate`` CLI as a child process: wall time, peak RSS, exit code, and per-table load windows.
+
+Peak RSS comes from ``os.wait4`` on that very child (``ru_maxrss`` of the child and the descendants it waited for),
+so earlier children do not leak into the figure the way ``RUSAGE_CHILDREN`` would; a tiny launcher process does the
+fork so the benchmark's own memory is not charged to the child (see LAUNCHER).
+
+Per-table timing is observed from outside: while ``migrate run`` works, a separate connection samples the size of
+every table in ``public`` (heap + TOAST, ``pg_relation_size``) every ``POLL_S`` seconds. A table's window runs from
+the last sample before it started growing to the first sample at its final size (resolution ±POLL_S).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+POLL_S = 0.25
+# HridaAI's own configuration variables: removed from the child's environment so a shell that happens to have them
+# set cannot point the benchmark at a real installation. The flags we pass are the only configuration.
+SCRUB_ENV = ("DATA_DIR", "DATABASE_URL", "VECTOR_DB", "PGVECTOR_DB_URL", "CHROMA_DATA_PATH", "CHROMA_HTTP_HOST",
+             "CHROMA_HTTP_PORT", "DATABASE_PASSWORD")
+SIZE_SQL = """
+SELECT c.relname, pg_relation_size(c.oid) + coalesce(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind = 'r'
+"""
+
+
+def default_command() -> list[str]:
+    """The ``migrate`` console script next to this interpreter, else on PATH, else ``python -m migrator``."""
+    local = Path(sys.executable).with_name("migrate")
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("migrate")
+    return [found] if found else [sys.executable, "-m", "migrator"]
+
+
+# The child is started by a fresh, small Python launcher rather than forked from this (possibly large) process:
+# Linux charges the pre-exec copy of the parent's memory to the child's ru_maxrss, which would inflate peak RSS.
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+try:
+    p = subprocess.Popen(sys.argv[2:])
+except OSError as exc:
+    print(f"could not start {sys.argv[2]}: {exc}", file=sys.stderr)
+    sys.exit(127)
+_, status, usage = os.wait4(p.pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss}, f)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dict:
+    """Run ``argv`` to completion; return exit code, wall seconds, peak RSS (MB) and the log file paths."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+    out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
+    usage_path = log_prefix.with_suffix(".rusage.json")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_path), *argv], stdin=subprocess.DEVNULL,
+                       stdout=out, stderr=err, env=env, cwd=cwd, check=False)
+    try:
+        usage = json.loads(usage_path.read_text())
+    except (OSError, ValueError):
+        usage = {"exit_code": None, "seconds": 0.0, "maxrss_kb": None}
+    rss = usage["maxrss_kb"] / 1024 if usage["maxrss_kb"] is not None else None
+    return {"exit_code": usage["exit_code"], "seconds": usage["seconds"], "peak_rss_mb": rss,
+            "stdout": str(out_path), "stderr": str(err_path), "ok": usage["exit_code"] == 0}
+
+
+async def _poll_sizes(dsn: str, stop: asyncio.Event, samples: list) -> None:
+    con = None
+    while not stop.is_set():
+        try:
+            if con is None:
+                con = await asyncpg.connect(dsn)
+                await con.execute("SET lock_timeout = '50ms'")
+            rows = await con.fetch(SIZE_SQL)
+            samples.append((time.perf_counter(), {r[0]: r[1] for r in rows}))
+        except (asyncpg.PostgresError, OSError):
+            pass  # a table locked by DDL for a moment, or the database not ready: skip this tick
+        try:
+            await asyncio.wait_for(stop.wait(), POLL_S)
+        except asyncio.TimeoutError:
+            pass
+    if con is not None:
+        await con.close()
+
+
+def table_windows(samples: list[tuple[float, dict]], t_start: float) -> dict[str, dict]:
+    """Per table: seconds from the process start to the load start/end, and the window length."""
+    out = {}
+    names = {n for _, s in samples for n in s}
+    for name in names:
+        series = [(t, s.get(name, 0)) for t, s in samples]
+        top = max(v for _, v in series)
+        first_grow = next((i for i, (_, v) in enumerate(series) if v > series[0][1]), None)
+        if top == 0 or first_grow is None:
+            continue
+        begin = series[first_grow - 1][0] if first_grow > 0 else t_start
+        end = next(t for t, v in series if v == top)
+        partial = sum(1 for _, v in series if 0 < v < top)
+        out[name] = {"start_s": round(begin - t_start, 3), "end_s": round(end - t_start, 3),
+                     "window_s": max(end - begin, POLL_S), "bytes_on_disk": top, "partial_samples": partial}
+        if partial == 0 and top > (8 << 20):  # appeared complete (e.g. loaded in the transaction that created it)
+            out[name]["window_s"] = None
+    return out
+
+
+async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, logs: Path) -> dict:
+    """``migrate run`` while sampling table sizes; returns run_child's dict plus ``tables`` windows."""
+    argv = cmd + ["run", "--data-dir", str(data_dir), "--work-dir", str(work_dir), "--target", dsn]
+    stop, samples = asyncio.Event(), []
+    poller = asyncio.create_task(_poll_sizes(dsn, stop, samples))
+    t0 = time.perf_counter()
+    try:
+        res = await asyncio.to_thread(run_child, argv, logs / "migrate-run")
+    finally:
+        stop.set()
+        await poller
+    res["tables"] = table_windows(samples, t0)
+    res["samples"] = len(samples)
+    return res
+
+
+async def run_verify(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, logs: Path) -> dict:
+    """``migrate verify`` against the database ``run`` just filled."""
+    argv = cmd + ["verify", "--data-dir", str(data_dir), "--work-dir", str(work_dir), "--target", dsn]
+    return await asyncio.to_thread(run_child, argv, logs / "migrate-verify")
+
+
+def stderr_tail(res: dict, lines: int = 25) -> str:
+    """Last lines of a child's stderr (or stdout when stderr is empty), for the console."""
+    for key in ("stderr", "stdout"):
+        try:
+            text = Path(res[key]).read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            return "\n".join(text.splitlines()[-lines:])
+    return "(no output)"

@@ -1,0 +1,161 @@
+"""The thin click layer: parse flags, call one function in commands, print, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from migrator import commands, settings as settings_mod
+from migrator.errors import EXIT_FATAL, EXIT_USAGE, MigrationError
+
+
+def _common(f):
+    options = [
+        click.option("--data-dir", type=click.Path(file_okay=False), help="HridaAI's DATA_DIR (holds hridaai.db)."),
+        click.option("--work-dir", type=click.Path(file_okay=False),
+                     help="Snapshot, reports, embedded server. Default ./hridaai-migrate-work."),
+        click.option("--target", help="PostgreSQL URL (default DATABASE_URL; none = embedded PostgreSQL)."),
+        click.option("--pgvector-target", help="pgvector database URL (default PGVECTOR_DB_URL, else the target)."),
+        click.option("--chroma-path", type=click.Path(file_okay=False), help="Chroma dir (CHROMA_DATA_PATH)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+        click.option("--log-format", type=click.Choice(["auto", "text", "json", "none"]), default=None,
+                     help="Progress/log format (default: json when stderr is not a terminal)."),
+        click.option("--batch-rows", type=int, help="Max rows per batch (default 10000)."),
+        click.option("--batch-bytes", type=int, help="Max bytes per batch (default 16 MiB)."),
+        click.option("--policy", "policies", multiple=True, metavar="NAME=ACTION",
+                     help="Override a conversion policy (see `migrate policies`)."),
+        click.option("--orphans", type=click.Choice(["quarantine", "fail"]), default=None,
+                     help="Rows pointing at a missing parent: quarantine them (default) or fail."),
+        click.option("--jobs", type=int, help="Parallel connections (default: min(2, cores))."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _settings(kw: dict) -> settings_mod.Settings:
+    policies = {}
+    for item in kw.pop("policies", ()) or ():
+        name, sep, action = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--policy expects NAME=ACTION, got {item!r}")
+        policies[name.strip()] = action.strip()
+    kw["policies"] = policies
+    return settings_mod.build(kw)
+
+
+def _emit(outcome: commands.Outcome, as_json: bool) -> None:
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    result = outcome.result
+    if as_json:
+        doc = result.asdict() if hasattr(result, "asdict") else result
+        click.echo(json.dumps(doc, indent=1, ensure_ascii=False, default=str))
+    else:
+        click.echo(result.asstr() if hasattr(result, "asstr") else json.dumps(result, indent=1, default=str))
+
+
+def _invoke(fn, kw: dict, **extra) -> None:
+    as_json = kw.pop("as_json", False)
+    kw.pop("log_format_set", None)
+    try:
+        settings = _settings(kw)
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        _emit(fn(settings, **extra), as_json)
+    except commands.PlanRefused as exc:
+        _emit(commands.Outcome(exc.plan, exc.notes), as_json)
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except MigrationError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except ValueError as exc:  # bad policy names and similar operator input
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:  # a bug: say so plainly; the traceback goes to the log, not as the only message
+        logging.getLogger("migrator").debug("unexpected error", exc_info=True)
+        click.echo(f"ERROR: unexpected {exc.__class__.__name__}: {settings_mod.mask_dsn(str(exc))}\n"
+                   "HINT: this is a bug in hridaai-migrate; rerun with --resume after reporting it", err=True)
+        sys.exit(EXIT_FATAL)
+
+
+@click.group()
+@click.version_option(package_name="hridaai-migrate")
+def main() -> None:
+    """Move a HridaAI installation from SQLite + Chroma to PostgreSQL + pgvector, provably."""
+
+
+@main.command()
+@_common
+def snapshot(**kw) -> None:
+    """Copy hridaai.db (and vector_db/) consistently into the work dir, with a manifest."""
+    _invoke(commands.take_snapshot, kw)
+
+
+@main.command()
+@_common
+def plan(**kw) -> None:
+    """Inspect snapshot and target (read-only on both); exit 4 when an error-level check fails."""
+    _invoke(commands.make_plan, kw)
+
+
+@main.command()
+@_common
+@click.option("--resume", is_flag=True, help="Continue after the last committed batch of the recorded run.")
+@click.option("--force-clear", is_flag=True, help="Existing mode: delete what HridaAI already stored in the target.")
+def run(resume: bool, force_clear: bool, **kw) -> None:
+    """Load every table (and collection) in committed, resumable batches."""
+    kw["force_clear"] = force_clear or None
+    _invoke(commands.run, kw, resume=resume)
+
+
+@main.command()
+@_common
+@click.option("--sample-size", type=int, help="Rows compared field by field (default 200).")
+def verify(sample_size: int | None, **kw) -> None:
+    """Recompute counts and checksums on both sides; exit 0 only when all match, 3 otherwise."""
+    kw["sample_size"] = sample_size
+    _invoke(commands.verify, kw)
+
+
+@main.command()
+@_common
+def status(**kw) -> None:
+    """Per table/collection progress from the target's ledger (also while a run is going on)."""
+    _invoke(commands.status, kw)
+
+
+@main.command()
+def policies() -> None:
+    """List the conversion policies, their default and allowed actions."""
+    from migrator.convert import POLICIES
+
+    for name, (default, allowed, about) in POLICIES.items():
+        click.echo(f"{name:<22} default {default:<9} allowed {'|'.join(allowed):<22} {about}")
+
+
+@main.group()
+def schema() -> None:
+    """The schema catalog (HridaAI's PostgreSQL schema per alembic revision)."""
+
+
+@schema.command("capture")
+@_common
+@click.option("--out-dir", type=click.Path(file_okay=False), default="schemas", show_default=True)
+def schema_capture(out_dir: str, **kw) -> None:
+    """Record the schema of a database HridaAI's own migrations created as <revision>.json."""
+    from pathlib import Path
+
+    _invoke(commands.schema_capture, kw, out_dir=Path(out_dir))
+
+
+@schema.command("list")
+def schema_list() -> None:
+    """Alembic revisions the catalog knows."""
+    from migrator.catalog import known_revisions
+
+    for rev in known_revisions():
+        click.echo(rev)

@@ -1,0 +1,219 @@
+"""One library function per subcommand; the single asyncio.run edge. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator import catalog, embedded, ledger, load, plan as plan_stage, snapshot as snap, verify as verify_stage
+from migrator.errors import MigrationError, PreflightError, UsageError, VerificationFailed
+from migrator.progress import Progress, choose
+from migrator.settings import Settings, mask_dsn
+
+log = logging.getLogger(__name__)
+REPORTS = "reports"
+
+
+@dataclass
+class Outcome:
+    """What a command produced: a result object (asdict/asstr) plus notes for people."""
+
+    result: object
+    notes: list[str]
+
+
+def take_snapshot(settings: Settings) -> Outcome:
+    """`migrate snapshot`."""
+    return Outcome(snap.take(settings), [])
+
+
+def make_plan(settings: Settings) -> Outcome:
+    """`migrate plan`: read-only on both sides."""
+    settings, notes = _target(settings, start=True)
+    s = snap.load_or_take(settings)
+    p = asyncio.run(plan_stage.build(settings, s))
+    _save_report(settings, "plan.json", p.asdict())
+    if p.errors:
+        raise PlanRefused(p, notes)
+    return Outcome(p, notes)
+
+
+class PlanRefused(PreflightError):
+    """The plan has error-level checks: printed like any plan, then exit 4."""
+
+    def __init__(self, plan, notes):
+        super().__init__(f"the plan has {len(plan.errors)} error-level checks",
+                         hint="fix what each [ERROR] check names, then run `migrate plan` again")
+        self.plan = plan
+        self.notes = notes
+
+
+def run(settings: Settings, *, resume: bool = False, progress: Progress | None = None) -> Outcome:
+    """`migrate run [--resume]`: snapshot (if none yet), plan, load; exactly once, resumable."""
+    settings, notes = _target(settings, start=True)
+    s = snap.load_or_take(settings)
+    progress = progress or choose(settings.log_format)
+    p = asyncio.run(plan_stage.build(settings, s, scan=False))
+    _save_report(settings, "plan.json", p.asdict())
+    report = _run_load(settings, p, s, resume=resume, progress=progress)
+    _export_reports(settings)
+    if report.interrupted:
+        raise load_interrupted(report)
+    return Outcome(report, notes)
+
+
+def load_interrupted(report) -> MigrationError:
+    """The first SIGTERM/SIGINT drained the current batch: exit 75 so the Job retries with --resume."""
+    from migrator.errors import TransientError
+
+    return TransientError("interrupted: the current batch was committed with its ledger row",
+                          hint="`migrate run --resume` continues where this run stopped")
+
+
+def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
+    stop = load.StopFlag()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal():
+            if stop.requested:  # second signal: stop now
+                task.cancel()
+            stop.requested = True
+            progress.event("signal", action="finishing the current batch, then exit 75")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await load.execute(settings, p, s, resume=resume, progress=progress, stop=stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise load_interrupted(None) from None
+    finally:
+        progress.close()
+
+
+def verify(settings: Settings) -> Outcome:
+    """`migrate verify`: exit 0 only when everything matches (3 otherwise)."""
+    settings, notes = _target(settings, start=True)
+    s = snap.load(settings)
+    if s is None:
+        raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
+                         hint="verify compares the target with the snapshot `migrate run` used: pass its --work-dir")
+    p = asyncio.run(plan_stage.build(settings, s, scan=False))
+    report = asyncio.run(verify_stage.check(settings.target_url, p, s, sample_size=settings.sample_size))
+    _save_report(settings, "verify.json", report.asdict())
+    if not report.ok:
+        raise VerificationFailed(f"verify found {len(report.problems)} differences",
+                                 detail="; ".join(report.problems[:10]), hint=f"see {settings.work_dir}/reports/verify.json")
+    return Outcome(report, notes)
+
+
+def status(settings: Settings) -> Outcome:
+    """`migrate status`: per-unit progress read from the ledger (works while a run is going on)."""
+    settings, notes = _target(settings, start=False)
+    if settings.target_url is None:
+        settings, notes = _target(settings, start=True)
+    return Outcome(asyncio.run(_status(settings)), notes)
+
+
+async def _status(settings: Settings) -> dict:
+    from migrator.targets import postgres as pgt
+
+    conn = await pgt.connect(settings.target_url, readonly=True)
+    try:
+        run = await ledger.current_run(conn)
+        if run is None:
+            return {"run": None, "units": []}
+        prog = await ledger.progress(conn)
+        units = []
+        for u in await ledger.units(conn):
+            p = prog.get(u["unit"])
+            units.append({"unit": u["unit"], "kind": u["kind"], "done_rows": (p.rows + p.quarantined) if p else 0,
+                          "total_rows": u["total_rows"], "done": u["done"],
+                          "last_batch_at": p.last_commit.isoformat() if p and p.last_commit else None})
+        return {"run": {k: str(v) for k, v in run.items()}, "units": units, "steps": await ledger.steps(conn)}
+    finally:
+        await conn.close()
+
+
+async def _capture(url: str, schema: str):
+    from migrator import schema_capture
+    from migrator.targets import postgres as pgt
+
+    conn = await pgt.connect(url, readonly=True)
+    try:
+        return await schema_capture.capture(conn, schema=schema)
+    finally:
+        await conn.close()
+
+
+def schema_capture(settings: Settings, *, out_dir: Path) -> Outcome:
+    """`migrate schema capture`: record the catalog entry of a database HridaAI's own migrations created."""
+    if settings.target_url is None:
+        raise UsageError("schema capture needs --target (or DATABASE_URL) of a database HridaAI created")
+    cat = asyncio.run(_capture(settings.target_url, settings.database_schema or "public"))
+    path = catalog.save(cat, out_dir)
+    return Outcome({"revision": cat.revision, "tables": len(cat.tables), "written": str(path)}, [])
+
+
+def _target(settings: Settings, *, start: bool) -> tuple[Settings, list[str]]:
+    """With no DATABASE_URL / --target, use (and with start=True, start) the embedded PostgreSQL."""
+    if settings.target_url is not None:
+        return settings, []
+    if not start:
+        return settings, []
+    url, hint = embedded.start(settings.work_dir)
+    notes = ["NOTE: no DATABASE_URL or --target given: using the EMBEDDED PostgreSQL + pgvector under "
+             f"{settings.work_dir}/{embedded.DIRNAME} (a trial target, not your production database)",
+             f"connect with: {hint}"]
+    return settings.with_target(url), notes
+
+
+def _save_report(settings: Settings, name: str, doc: dict) -> Path:
+    directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
+    path = directory / name
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1, ensure_ascii=False, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def _export_reports(settings: Settings) -> None:
+    """quarantine.jsonl and fixups.jsonl in the work dir, exported from the ledger (exactly what was committed)."""
+
+    async def fetch():
+        from migrator.targets import postgres as pgt
+
+        conn = await pgt.connect(settings.target_url, readonly=True)
+        try:
+            return await ledger.quarantined(conn), await ledger.fixups(conn)
+        finally:
+            await conn.close()
+
+    quarantine, fixups = asyncio.run(fetch())
+    directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
+    for name, rows in (("quarantine.jsonl", quarantine), ("fixups.jsonl", fixups)):
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=True, default=str) + "\n")
+
+
+def masked(url: str | None) -> str | None:
+    """For printing."""
+    return mask_dsn(url)
+

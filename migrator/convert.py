@@ -1,0 +1,160 @@
+"""Value conversion: every SQLite value -> the target column's PostgreSQL type, under named, counted policies.
+
+A value is either carried as-is (after the documented type conversion: 0/1 -> boolean, JSON scalars SQLite stored
+as numbers -> their JSON text, ...), or changed by a named policy (counted per table and column, its key written to
+the fixup report), or the whole row is rejected (it goes to the quarantine table with the reason).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# policy name -> (default action, allowed actions, what it is about)
+POLICIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "nul_in_text": ("strip", ("strip", "reject"), "raw NUL (0x00) in text: PostgreSQL cannot store it"),
+    "json_nul_escape": ("strip", ("strip", "reject"), "\\u0000 escape in json: breaks every ->> on the row"),
+    "json_lone_surrogate": ("strip", ("strip", "reject"), "escaped lone UTF-16 surrogate: PostgreSQL rejects it"),
+    "json_nan": ("null", ("null", "reject"), "NaN/Infinity in JSON: PostgreSQL rejects it"),
+    "invalid_json": ("reject", ("reject", "wrap", "null"), "text that is not JSON in a json column"),
+    "invalid_utf8": ("replace", ("replace", "reject"), "bytes that are not UTF-8 in text"),
+    "bool_nonstandard": ("coerce", ("coerce", "reject"), "boolean stored as text or out of 0/1"),
+    "int_from_text": ("coerce", ("coerce", "reject"), "integer stored as text"),
+    "int_from_real": ("truncate", ("truncate", "reject"), "integer column holding a fractional number"),
+    "int_from_datetime": ("epoch", ("epoch", "reject"), "integer column holding a date-time text"),
+    "timestamp_from_epoch": ("coerce", ("coerce", "reject"), "timestamp column holding an epoch number"),
+    "date_invalid": ("null", ("null", "reject"), "date column holding something that is not YYYY-MM-DD"),
+    "varchar_overflow": ("truncate", ("truncate", "reject"), "text longer than the target varchar(N)"),
+    "null_in_not_null": ("reject", ("reject",), "NULL in a column the target declares NOT NULL"),
+    "orphan_set_null": ("set_null", ("set_null", "reject"),
+                        "reference to a missing parent through an ON DELETE SET NULL foreign key"),
+}
+
+
+class RowRejected(Exception):
+    """The row cannot be carried; it goes to quarantine with this reason."""
+
+    def __init__(self, column: str, policy: str, reason: str):
+        super().__init__(f"{column}: {reason}")
+        self.column = column
+        self.policy = policy
+        self.reason = reason
+
+
+@dataclass
+class Fixup:
+    column: str
+    policy: str
+    action: str
+    original: Any = None
+
+
+class Context:
+    """Per-row conversion context: the chosen actions and the fixups applied to this row."""
+
+    __slots__ = ("actions", "fixups")
+
+    def __init__(self, actions: dict[str, str]):
+        self.actions = actions
+        self.fixups: list[Fixup] = []
+
+    def apply(self, column: str, policy: str, original: Any = None) -> str:
+        """Record that `policy` fired on `column`; raise RowRejected when its action is reject."""
+        action = self.actions[policy]
+        if action == "reject":
+            raise RowRejected(column, policy, POLICIES[policy][2])
+        self.fixups.append(Fixup(column, policy, action, _reportable(original)))
+        return action
+
+
+def resolve_actions(overrides: dict[str, str]) -> dict[str, str]:
+    """Defaults overridden by --policy NAME=ACTION; unknown names or actions raise ValueError."""
+    actions = {name: spec[0] for name, spec in POLICIES.items()}
+    for name, action in overrides.items():
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+        if action not in POLICIES[name][1]:
+            raise ValueError(f"policy {name} allows {', '.join(POLICIES[name][1])}, not {action!r}")
+        actions[name] = action
+    return actions
+
+
+def _reportable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str) and len(value) > 2000:
+        return value[:2000] + f"... ({len(value)} chars)"
+    return value
+
+
+Converter = Callable[[Any, Context], Any]
+
+_VARCHAR = re.compile(r"^(?:character varying|varchar|character|char)(?:\((\d+)\))?$")
+INT_RANGE = {"bigint": 2 ** 63, "integer": 2 ** 31, "smallint": 2 ** 15}
+
+
+def kind_of(pg_type: str) -> str:
+    """The conversion family of a PostgreSQL type as format_type() spells it."""
+    t = pg_type.lower()
+    if t in ("json", "jsonb"):
+        return "json"
+    if t == "text" or _VARCHAR.match(t):
+        return "text"
+    if t in INT_RANGE:
+        return "int"
+    if t == "boolean":
+        return "bool"
+    if t == "date":
+        return "date"
+    if t.startswith("timestamp"):
+        return "timestamp"
+    if t in ("double precision", "real") or t.startswith("numeric"):
+        return "float"
+    if t == "bytea":
+        return "bytes"
+    return "unsupported"
+
+
+def converter_for(column: str, pg_type: str, nullable: bool) -> Converter:
+    """Build the converter for one target column (done once per column, not per value)."""
+    from migrator import convert_values as cv
+
+    kind = kind_of(pg_type)
+    if kind == "text":
+        m = _VARCHAR.match(pg_type.lower())
+        base = cv.text_converter(column, int(m.group(1)) if m and m.group(1) else None)
+    elif kind == "int":
+        base = cv.int_converter(column, INT_RANGE[pg_type.lower()])
+    else:
+        base = getattr(cv, f"{kind}_converter")(column)
+    if nullable:
+        return base
+
+    def not_null(value: Any, ctx: Context) -> Any:
+        out = base(value, ctx)
+        if out is None:
+            ctx.apply(column, "null_in_not_null", value)
+        return out
+
+    return not_null
+
+
+def canonical_json_number(value: int | float) -> str:
+    """JSON text of a number SQLite stored with NUMERIC affinity (NaN/Infinity are not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("non-finite")
+    return json.dumps(value)
+
+
+def parse_date(text: str) -> dt.date:
+    """'YYYY-MM-DD' (what SQLAlchemy's Date writes on SQLite)."""
+    return dt.date.fromisoformat(text.strip()[:10]) if len(text.strip()) in (10,) else dt.date.fromisoformat(text)
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    """SQLite DATETIME text ('YYYY-MM-DD HH:MM:SS[.ffffff]')."""
+    return dt.datetime.fromisoformat(text.strip())

@@ -1,0 +1,162 @@
+"""The batch ledger, in the target (schema hridaai_migrate), written in the same transaction as the data.
+
+Exactly once by construction: a batch's rows, its quarantined rows, its fixups and its ledger row commit together
+or not at all; resume continues after the last committed batch of each unit. Values that may hold NUL or lone
+surrogates are stored as ASCII JSON text (json.dumps escapes them), never as json/jsonb.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from migrator.catalog import OWN_SCHEMA, qi
+
+S = qi(OWN_SCHEMA)
+LOCK_KEY = 0x48524944  # "HRID": one migration at a time per target database
+
+DDL = [
+    f"CREATE SCHEMA IF NOT EXISTS {S}",
+    f"""CREATE TABLE IF NOT EXISTS {S}.run (
+        run_id text PRIMARY KEY, snapshot_id text NOT NULL, mode text NOT NULL, source_revision text,
+        started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz, state text NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.unit (
+        unit text PRIMARY KEY, kind text NOT NULL, total_rows bigint NOT NULL, total_bytes bigint NOT NULL,
+        done boolean NOT NULL DEFAULT false)""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.batch (
+        unit text NOT NULL, batch_no integer NOT NULL, snapshot_id text NOT NULL, first_key bigint NOT NULL,
+        last_key bigint NOT NULL, rows integer NOT NULL, quarantined integer NOT NULL, bytes bigint NOT NULL,
+        fixups integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (unit, batch_no))""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.step (
+        name text PRIMARY KEY, snapshot_id text NOT NULL, detail text, done_at timestamptz NOT NULL DEFAULT now())""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.quarantine (
+        unit text NOT NULL, key text NOT NULL, reason text NOT NULL, policy text NOT NULL, column_name text,
+        row_json text NOT NULL, batch_no integer NOT NULL, PRIMARY KEY (unit, key, batch_no))""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.fixup (
+        unit text NOT NULL, key text NOT NULL, column_name text NOT NULL, policy text NOT NULL, action text NOT NULL,
+        original text, batch_no integer NOT NULL)""",
+]
+
+
+@dataclass(frozen=True)
+class UnitProgress:
+    batches: int
+    last_key: int
+    rows: int
+    quarantined: int
+    last_commit: Any = None
+
+
+def dumps(value: Any) -> str:
+    """ASCII JSON text: safe in a PostgreSQL text column whatever the value holds."""
+    return json.dumps(value, ensure_ascii=True, default=str)
+
+
+async def ensure(conn: asyncpg.Connection) -> None:
+    """Create the ledger schema and tables if missing (idempotent)."""
+    for stmt in DDL:
+        await conn.execute(stmt)
+
+
+async def exists(conn: asyncpg.Connection) -> bool:
+    """Whether this target has a ledger at all."""
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'run'", OWN_SCHEMA))
+
+
+async def current_run(conn: asyncpg.Connection) -> dict | None:
+    """The latest run recorded in the target, or None."""
+    if not await exists(conn):
+        return None
+    row = await conn.fetchrow(f"SELECT * FROM {S}.run ORDER BY started_at DESC LIMIT 1")
+    return dict(row) if row else None
+
+
+async def start_run(conn: asyncpg.Connection, *, run_id: str, snapshot_id: str, mode: str,
+                    revision: str | None, units: list[tuple[str, str, int, int]]) -> None:
+    """Record a new run and its units (call inside the transaction that creates the schema)."""
+    await conn.execute(f"INSERT INTO {S}.run (run_id, snapshot_id, mode, source_revision, state) "
+                       "VALUES ($1, $2, $3, $4, 'loading')", run_id, snapshot_id, mode, revision)
+    await conn.executemany(f"INSERT INTO {S}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
+                           "ON CONFLICT (unit) DO NOTHING", units)
+
+
+async def add_units(conn: asyncpg.Connection, units: list[tuple[str, str, int, int]]) -> None:
+    """Register units that a later stage loads (e.g. vector collections)."""
+    await conn.executemany(f"INSERT INTO {S}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
+                           "ON CONFLICT (unit) DO NOTHING", units)
+
+
+async def progress(conn: asyncpg.Connection) -> dict[str, UnitProgress]:
+    """unit -> what has been committed so far."""
+    rows = await conn.fetch(
+        f"SELECT unit, count(*) AS batches, max(last_key) AS last_key, sum(rows) AS rows, "
+        f"sum(quarantined) AS q, max(committed_at) AS at FROM {S}.batch GROUP BY unit")
+    return {r["unit"]: UnitProgress(r["batches"], r["last_key"], r["rows"], r["q"], r["at"]) for r in rows}
+
+
+async def units(conn: asyncpg.Connection) -> list[dict]:
+    """Registered units with their totals."""
+    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.unit ORDER BY unit")]
+
+
+async def record_batch(conn: asyncpg.Connection, *, unit: str, batch_no: int, snapshot_id: str, first_key: int,
+                       last_key: int, rows: int, nbytes: int, quarantine: list[tuple], fixups: list[tuple]) -> None:
+    """Write the batch's ledger row, quarantined rows and fixups (inside the batch's transaction)."""
+    if quarantine:
+        await conn.copy_records_to_table("quarantine", schema_name=OWN_SCHEMA, records=[
+            (unit, key, reason, policy, column, row_json, batch_no)
+            for key, reason, policy, column, row_json in quarantine],
+            columns=["unit", "key", "reason", "policy", "column_name", "row_json", "batch_no"])
+    if fixups:
+        await conn.copy_records_to_table("fixup", schema_name=OWN_SCHEMA, records=[
+            (unit, key, column, policy, action, original, batch_no)
+            for key, column, policy, action, original in fixups],
+            columns=["unit", "key", "column_name", "policy", "action", "original", "batch_no"])
+    await conn.execute(
+        f"INSERT INTO {S}.batch (unit, batch_no, snapshot_id, first_key, last_key, rows, quarantined, bytes, fixups) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        unit, batch_no, snapshot_id, first_key, last_key, rows, len(quarantine), nbytes, len(fixups))
+
+
+async def mark_unit_done(conn: asyncpg.Connection, unit: str) -> None:
+    """A unit whose every batch is committed."""
+    await conn.execute(f"UPDATE {S}.unit SET done = true WHERE unit = $1", unit)
+
+
+async def steps(conn: asyncpg.Connection) -> dict[str, str]:
+    """Completed one-off steps (schema, indexes, sequences, alembic, analyze)."""
+    return {r[0]: r[1] for r in await conn.fetch(f"SELECT name, detail FROM {S}.step")}
+
+
+async def step_done(conn: asyncpg.Connection, name: str, snapshot_id: str, detail: str | None = None) -> None:
+    """Record a completed step (inside the step's own transaction when it has one)."""
+    await conn.execute(f"INSERT INTO {S}.step (name, snapshot_id, detail) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (name) DO UPDATE SET detail = EXCLUDED.detail, done_at = now()",
+                       name, snapshot_id, detail)
+
+
+async def finish_run(conn: asyncpg.Connection, run_id: str) -> None:
+    """The run is complete."""
+    await conn.execute(f"UPDATE {S}.run SET state = 'done', finished_at = now() WHERE run_id = $1", run_id)
+
+
+async def quarantined(conn: asyncpg.Connection) -> list[dict]:
+    """Every quarantined row (unit, key, reason, policy, column_name, row_json)."""
+    return [dict(r) for r in await conn.fetch(
+        f"SELECT unit, key, reason, policy, column_name, row_json FROM {S}.quarantine ORDER BY unit, key")]
+
+
+async def fixups(conn: asyncpg.Connection) -> list[dict]:
+    """Every fixup applied."""
+    return [dict(r) for r in await conn.fetch(
+        f"SELECT unit, key, column_name, policy, action, original FROM {S}.fixup ORDER BY unit, key, column_name")]
+
+
+async def try_lock(conn: asyncpg.Connection) -> bool:
+    """Session advisory lock: two `migrate run` against one target never run at once."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY))

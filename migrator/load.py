@@ -1,0 +1,328 @@
+"""Stage 3 — load: every table in FK order, in batches that commit exactly once with their ledger row.
+
+Reading and converting the next batch (a thread) overlaps the COPY of the current one (the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import asyncpg
+
+from migrator import catalog as cat
+from migrator import ledger
+from migrator.errors import PreflightError, TransientError
+from migrator.load_batch import BatchWriter
+from migrator.plan_model import Plan, TablePlan
+from migrator.progress import Progress
+from migrator.rows import TableConverter
+from migrator.settings import Settings
+from migrator.snapshot import Snapshot
+from migrator.sources import sqlite as src
+from migrator.targets import postgres as pgt
+
+log = logging.getLogger(__name__)
+TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
+             asyncpg.InterfaceError, ConnectionError, OSError, asyncpg.exceptions.CrashShutdownError,
+             asyncpg.exceptions.ConnectionFailureError)
+
+
+@dataclass
+class LoadReport:
+    run_id: str
+    snapshot_id: str
+    mode: str
+    resumed: bool
+    tables: dict[str, dict] = field(default_factory=dict)
+    steps: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def asdict(self) -> dict:
+        """JSON form."""
+        return asdict(self)
+
+    def asstr(self) -> str:
+        """For people."""
+        lines = [f"run {self.run_id} ({self.mode}{', resumed' if self.resumed else ''}) of snapshot "
+                 f"{self.snapshot_id}", f"{'table':<26} {'rows':>10} {'quarantined':>12} {'fixups':>8} {'batches':>8}"]
+        for name, t in self.tables.items():
+            lines.append(f"{name:<26} {t['rows']:>10,} {t['quarantined']:>12,} {t['fixups']:>8,} {t['batches']:>8,}")
+        lines.append("steps: " + ", ".join(self.steps) if self.steps else "steps: none")
+        return "\n".join(lines)
+
+
+class StopFlag:
+    """Set by the first SIGTERM/SIGINT: finish the current batch, commit it, exit 75."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool, progress: Progress,
+                  stop: StopFlag | None = None) -> LoadReport:
+    """Load every table; resumable; returns what was committed (measured from the ledger)."""
+    stop = stop or StopFlag()
+    conn = await pgt.connect(settings.target_url)
+    try:
+        if not await ledger.try_lock(conn):
+            raise PreflightError("another `migrate run` is already working on this target",
+                                 hint="wait for it to finish (watch it with `migrate status`)")
+        run, resumed = await _begin(conn, settings, plan, snapshot, resume=resume)
+        report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
+        spec = {t.name: t for t in plan.tables}
+        for table in sorted(plan.tables, key=lambda t: (t.order, t.name)):
+            if table.action in ("load", "quarantine") and table.rows:
+                await _load_table(conn, settings, plan, table, spec, snapshot, progress, stop)
+            if stop.requested:
+                report.interrupted = True
+                return await _summarise(conn, report)
+        await _finalize(conn, plan, snapshot, run, progress)
+        return await _summarise(conn, report)
+    except TRANSIENT as exc:
+        raise TransientError("lost the connection to the target during the load",
+                             detail=f"{exc.__class__.__name__}: {exc}",
+                             hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
+    finally:
+        await _close(conn)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except Exception:  # the connection may already be gone; nothing to release
+        conn.terminate()
+
+
+async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool) -> tuple[dict, bool]:
+    """Continue the recorded run, or create schema + ledger + run in one transaction."""
+    run = await ledger.current_run(conn)
+    if run is not None:
+        if run["snapshot_id"] != snapshot.snapshot_id:
+            raise PreflightError("the target's ledger was made from another snapshot",
+                                 detail=f"ledger: {run['snapshot_id']}, this snapshot: {snapshot.snapshot_id}",
+                                 hint="resume with the snapshot that run used (same --work-dir), or migrate into "
+                                      "an empty database")
+        if run["state"] != "done" and not resume:
+            raise PreflightError(f"an unfinished run ({run['run_id']}) is recorded in the target",
+                                 hint="continue it with `migrate run --resume`")
+        if run["state"] == "done" and not resume:
+            raise PreflightError("this target already holds a completed migration of this snapshot",
+                                 hint="check it with `migrate verify`; `migrate run --resume` is a no-op")
+        return run, True
+    if plan.errors:
+        raise PreflightError(f"the plan has {len(plan.errors)} error-level checks",
+                             detail="; ".join(f"{c.code}: {c.message}" for c in plan.errors[:5]),
+                             hint="see `migrate plan` for each check and what to do")
+    run_id = uuid.uuid4().hex[:12]
+    mode = "existing" if plan.mode.startswith("existing") else "create"
+    async with conn.transaction():
+        await ledger.ensure(conn)
+        await _prepare_schema(conn, settings, plan, mode)
+        units = [(t.name, "table", t.rows, t.bytes) for t in plan.tables if t.action in ("load", "quarantine")]
+        await ledger.start_run(conn, run_id=run_id, snapshot_id=snapshot.snapshot_id, mode=mode,
+                               revision=plan.source_revision, units=units)
+        await ledger.step_done(conn, "schema", snapshot.snapshot_id, mode)
+        await ledger.step_done(conn, "policies", snapshot.snapshot_id, ledger.dumps(plan.policies))
+    return {"run_id": run_id, "mode": mode, "snapshot_id": snapshot.snapshot_id, "state": "loading"}, False
+
+
+async def _prepare_schema(conn, settings: Settings, plan: Plan, mode: str) -> None:
+    schema = cat.qi(plan.schema)
+    if mode == "create":
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(f"SET LOCAL search_path TO {schema}")
+        for stmt in cat.create_statements(cat.load(plan.source_revision)):
+            await conn.execute(stmt)
+        return
+    present = {t.name for t in plan.tables if t.action in ("load", "stamp", "absent")}
+    if settings.force_clear:
+        names = ", ".join(f"{schema}.{cat.qi(n)}" for n in sorted(present - {"alembic_version"}))
+        await conn.execute(f"TRUNCATE {names} CASCADE")
+    elif "config" in present:
+        await conn.execute(f"DELETE FROM {schema}.config")  # HridaAI's first-start seed rows
+
+
+async def _load_table(conn, settings: Settings, plan: Plan, table: TablePlan, spec: dict, snapshot: Snapshot,
+                      progress: Progress, stop: StopFlag) -> None:
+    done = (await ledger.progress(conn)).get(table.name)
+    units = {u["unit"]: u for u in await ledger.units(conn)}
+    if units.get(table.name, {}).get("done"):
+        return
+    progress.start(table.name, rows=table.rows, nbytes=table.bytes)
+    if done:
+        progress.advance(table.name, rows=done.rows + done.quarantined, nbytes=0, batch=done.batches)
+    writer = BatchWriter(conn, settings=settings, plan=plan, table=table, spec=spec, snapshot_id=snapshot.snapshot_id)
+    batch_no = done.batches if done else 0
+    after = done.last_key if done else -(2 ** 63)
+    reader = _Reader(snapshot, table, plan.policies, after=after)
+    try:
+        while True:
+            item = await asyncio.to_thread(reader.next)
+            if item is None:
+                break
+            batch_no += 1
+            await writer.write(batch_no, item)
+            progress.advance(table.name, rows=len(item.raws), nbytes=item.nbytes, batch=batch_no)
+            if stop.requested:
+                return
+    finally:
+        reader.close()
+    await ledger.mark_unit_done(conn, table.name)
+    progress.finish(table.name)
+
+
+@dataclass
+class ReadBatch:
+    raws: list[tuple]
+    first_key: int
+    last_key: int
+    nbytes: int
+    converted: object = None
+
+
+class _Reader:
+    """Reads and converts batches in a thread, one batch ahead of the writer (bounded: queue of 1)."""
+
+    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int):
+        self.table = table
+        self.conv = TableConverter(table, policies) if table.action == "load" else None
+        self.columns = [c.name for c in table.columns if c.source_type is not None]
+        self.after = after
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(snapshot,), daemon=True)
+        self.thread.start()
+
+    def _run(self, snapshot: Snapshot) -> None:
+        conn = src.connect(snapshot.db_path, immutable=True)
+        order = _self_ref_order(conn, self.table) if self.table.self_ref else None
+        try:
+            while not self.closed.is_set():
+                item = self._read(conn, order)
+                self._put(item)
+                if item is None:
+                    return
+        except BaseException as exc:  # hand any failure to the writer side
+            self._put(exc)
+        finally:
+            conn.close()
+
+    def _read(self, conn, order: list[int] | None) -> ReadBatch | None:
+        t = self.table
+        if order is None:
+            raws, last = src.read_batch(conn, t.name, self.columns, after=self.after, max_rows=t.batch_rows,
+                                        max_bytes=t.batch_bytes)
+            first = raws[0][0] if raws else None
+        else:
+            start = max(self.after, 0)
+            ids = order[start:start + t.batch_rows]
+            raws = _rows_by_rowid(conn, t.name, self.columns, ids)
+            first, last = start + 1, start + len(ids)
+        if not raws:
+            return None
+        self.after = last
+        item = ReadBatch(raws, first, last, sum(src.row_bytes(r) for r in raws))
+        item.converted = self.conv.convert(raws) if self.conv else None
+        return item
+
+    def _put(self, item) -> None:
+        while not self.closed.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> ReadBatch | None:
+        """The next batch (blocking); re-raises a reader failure."""
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (used on interruption)."""
+        self.closed.set()
+
+
+def _self_ref_order(conn, table: TablePlan) -> list[int]:
+    """Rowids with every parent before its children (rows in cycles or with missing parents come last)."""
+    col, ref = table.self_ref["column"], table.self_ref["ref_column"]
+    rows = conn.execute(f"SELECT rowid, {src.qi(ref)}, {src.qi(col)} FROM {src.qi(table.name)} ORDER BY rowid")
+    children: dict = {}
+    rowid_of, roots, all_ids = {}, [], []
+    for rowid, key, parent in rows:
+        all_ids.append(rowid)
+        rowid_of.setdefault(key, rowid)
+        children.setdefault(parent, []).append(rowid)
+    keys = {rowid: key for key, rowid in rowid_of.items()}
+    order, seen = [], set()
+    frontier = [r for p, rs in children.items() if p is None or p not in rowid_of for r in rs]
+    while frontier:
+        nxt = []
+        for r in frontier:
+            if r in seen:
+                continue
+            seen.add(r)
+            order.append(r)
+            nxt += children.get(keys.get(r), []) if r in keys else []
+        frontier = nxt
+    order += [r for r in all_ids if r not in seen]
+    return order
+
+
+def _rows_by_rowid(conn, table: str, cols: list[str], ids: list[int]) -> list[tuple]:
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    found = {r[0]: r for r in conn.execute(
+        f"SELECT rowid, {', '.join(src.qi(c) for c in cols)} FROM {src.qi(table)} WHERE rowid IN ({marks})", ids)}
+    return [found[i] for i in ids if i in found]
+
+
+async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
+    """Indexes (create mode), sequences, alembic_version, ANALYZE — each recorded as a step, each idempotent."""
+    steps = await ledger.steps(conn)
+    schema = cat.qi(plan.schema)
+    spec = cat.load(plan.source_revision) if run["mode"] == "create" else None
+    if spec is not None and "indexes" not in steps:
+        progress.event("finalize", step="indexes")
+        for stmt in cat.index_statements(spec):
+            await conn.execute(f"SET search_path TO {schema}")
+            await conn.execute(stmt)
+        await ledger.step_done(conn, "indexes", snapshot.snapshot_id)
+    if "sequences" not in steps:
+        sequences = spec.sequences if spec else await _live_sequences(conn, plan.schema)
+        async with conn.transaction():
+            done = await pgt.reset_sequences(conn, list(sequences), plan.schema)
+            await ledger.step_done(conn, "sequences", snapshot.snapshot_id, ledger.dumps(done))
+    if "alembic" not in steps:
+        async with conn.transaction():
+            if run["mode"] == "create":
+                await conn.execute(f"INSERT INTO {schema}.alembic_version (version_num) VALUES ($1)",
+                                   plan.source_revision)
+            await ledger.step_done(conn, "alembic", snapshot.snapshot_id, plan.source_revision)
+    await conn.execute(f"SET search_path TO {schema}")
+    await conn.execute("ANALYZE")
+    await ledger.step_done(conn, "analyze", snapshot.snapshot_id)
+    await ledger.finish_run(conn, run["run_id"])
+    progress.event("finalize", step="done")
+
+
+async def _live_sequences(conn, schema: str) -> list[dict]:
+    from migrator import schema_capture
+
+    return list((await schema_capture.capture(conn, schema=schema)).sequences)
+
+
+async def _summarise(conn, report: LoadReport) -> LoadReport:
+    for unit, p in (await ledger.progress(conn)).items():
+        fix = await conn.fetchval(f"SELECT count(*) FROM {ledger.S}.fixup WHERE unit = $1", unit)
+        report.tables[unit] = {"rows": p.rows, "quarantined": p.quarantined, "fixups": fix, "batches": p.batches}
+    report.steps = await ledger.steps(conn)
+    return report

@@ -1,0 +1,212 @@
+"""Stage 1 — snapshot: a consistent, immutable copy of the source, with a manifest.
+
+hridaai.db (and vector_db/chroma.sqlite3) are copied with SQLite's online backup API, which is correct while
+HridaAI is running in WAL mode; segment folders are copied as files. The source is only ever opened read-only.
+Everything later reads the snapshot, never the live files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from migrator import __version__
+from migrator.errors import MigrationError, PreflightError, UsageError
+from migrator.settings import Settings
+from migrator.sources import sqlite as src
+
+FORMAT_VERSION = 1
+SNAPSHOT_DIR = "snapshot"
+MANIFEST = "manifest.json"
+DB_NAME = "hridaai.db"
+VECTOR_DIR = "vector_db"
+
+
+@dataclass
+class Snapshot:
+    """What `migrate snapshot` made: where it is and what it holds."""
+
+    snapshot_id: str
+    directory: str
+    source_revision: str | None
+    row_counts: dict[str, int]
+    files: list[dict] = field(default_factory=list)
+    created_at: str = ""
+    source: dict = field(default_factory=dict)
+    vector_store: dict | None = None
+    format_version: int = FORMAT_VERSION
+    tool_version: str = __version__
+
+    @property
+    def db_path(self) -> Path:
+        """The snapshot's copy of hridaai.db."""
+        return Path(self.directory) / DB_NAME
+
+    @property
+    def vector_path(self) -> Path | None:
+        """The snapshot's copy of vector_db/, if the source had one."""
+        return Path(self.directory) / VECTOR_DIR if self.vector_store else None
+
+    def asdict(self) -> dict:
+        """JSON form (the manifest)."""
+        return asdict(self)
+
+    def asstr(self) -> str:
+        """For people."""
+        total = sum(f["bytes"] for f in self.files)
+        lines = [f"snapshot {self.snapshot_id}  ({len(self.files)} files, {total:,} bytes)",
+                 f"  directory        {self.directory}",
+                 f"  source revision  {self.source_revision or 'none'}",
+                 f"  tables           {len(self.row_counts)}, {sum(self.row_counts.values()):,} rows"]
+        if self.vector_store:
+            lines.append(f"  vector store     {self.vector_store.get('collections', '?')} collections")
+        return "\n".join(lines)
+
+
+def take(settings: Settings) -> Snapshot:
+    """Copy the source into WORK_DIR/snapshot atomically (temp dir + rename) and write its manifest."""
+    source = settings.source_db
+    _check_source(source)
+    work = ensure_private_dir(settings.work_dir)
+    tmp = work / f".{SNAPSHOT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ensure_private_dir(tmp)
+    old_umask = os.umask(0o077)
+    try:
+        _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
+        vector = _copy_vector_store(settings.vector_store, tmp / VECTOR_DIR)
+        snap = _describe(tmp, source, vector)
+        _write_json(tmp / MANIFEST, snap.asdict())
+        final = work / SNAPSHOT_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MigrationError("could not write the snapshot", detail=f"{exc.filename or work}: {exc.strerror}",
+                             hint="check free space and permissions of --work-dir; nothing was written to the target"
+                             ) from exc
+    finally:
+        os.umask(old_umask)
+    snap.directory = str(final)
+    _write_json(final / MANIFEST, snap.asdict())
+    return snap
+
+
+def load(settings: Settings) -> Snapshot | None:
+    """The snapshot already in the work dir, or None."""
+    path = settings.work_dir / SNAPSHOT_DIR / MANIFEST
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise UsageError("the snapshot in the work dir has another format_version",
+                         detail=str(path), hint="take a new one with `migrate snapshot`")
+    doc["directory"] = str(path.parent)
+    return Snapshot(**doc)
+
+
+def load_or_take(settings: Settings) -> Snapshot:
+    """Reuse the work dir's snapshot, else take one."""
+    return load(settings) or take(settings)
+
+
+def _check_source(source: Path) -> None:
+    if not source.parent.is_dir():
+        raise UsageError(f"the data directory {source.parent} does not exist",
+                         hint="set --data-dir / DATA_DIR to HridaAI's data directory")
+    if not source.exists():
+        wal = source.with_name(source.name + "-wal")
+        extra = f" (but {wal.name} exists: a WAL file without its database cannot be read)" if wal.exists() else ""
+        raise UsageError(f"no hridaai.db in {source.parent}{extra}",
+                         hint="point --data-dir / DATA_DIR at the directory that holds hridaai.db")
+
+
+def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
+    """Online backup from a read-only connection; falls back to immutable=1 only when no WAL is pending."""
+    try:
+        conn = src.connect(source, key=key)
+    except PreflightError:
+        wal = source.with_name(source.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise
+        conn = src.connect(source, immutable=True, key=key)
+    out = sqlite3.connect(dest)
+    try:
+        if key is not None:
+            out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
+        conn.backup(out)
+        out.execute("PRAGMA journal_mode=DELETE")
+        problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise PreflightError(f"{source.name} cannot be read completely", detail=f"{source}: {exc}",
+                             hint="repair the database (sqlite3 .recover) or restore a backup, then retry") from exc
+    finally:
+        out.close()
+        conn.close()
+    if problems != ["ok"]:
+        raise PreflightError(f"{source.name} fails SQLite's integrity check", detail="; ".join(problems[:5]),
+                             hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
+
+
+def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
+    """chroma.sqlite3 through the backup API, segment folders as files."""
+    if store is None or not store.exists():
+        return None
+    db = store / "chroma.sqlite3"
+    if not db.exists():
+        raise PreflightError(f"{store} has no chroma.sqlite3", hint="point CHROMA_DATA_PATH at the Chroma directory")
+    dest.mkdir(mode=0o700)
+    _backup_sqlite(db, dest / db.name, key=None)
+    for entry in sorted(store.iterdir()):
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
+    return {"path": str(store)}
+
+
+def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:
+    conn = src.connect(directory / DB_NAME, immutable=True)
+    try:
+        counts = {t: src.count(conn, t) for t in src.tables(conn)}
+        revision = src.revision(conn)
+    finally:
+        conn.close()
+    files = [_file_entry(directory, p) for p in sorted(directory.rglob("*")) if p.is_file()]
+    digest = hashlib.sha256("\n".join(f"{f['path']}:{f['sha256']}" for f in files).encode()).hexdigest()
+    if vector is not None:
+        from migrator.sources import chroma_files
+
+        vector.update(chroma_files.describe_store(directory / VECTOR_DIR))
+    return Snapshot(snapshot_id=digest[:32], directory=str(directory), source_revision=revision,
+                    row_counts=counts, files=files, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                    source={"database": str(source)}, vector_store=vector)
+
+
+def _file_entry(root: Path, path: Path) -> dict:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    os.chmod(path, 0o600)
+    return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """mkdir -p with mode 0700 (and tighten an existing one)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)

@@ -1,0 +1,356 @@
+"""Write HridaAI's pgvector table ``document_chunk`` exactly as its pgvector client makes it.
+
+Mirrors ``open_webui/retrieval/vector/dbs/pgvector.py`` (0.12.4, hridaai-data-layer.md §5):
+unqualified table name (it lands in the connection's search_path, as the app's does), fixed
+index names, vectors zero-padded to the table dimension, cosine opclasses.  The vector index
+is built after the load, because building it first makes every COPY row pay for it and an
+ivfflat index trained on an empty table is useless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from migrator.errors import PreflightError
+
+log = logging.getLogger(__name__)
+
+TABLE = "document_chunk"
+COLUMNS = ("id", "vector", "collection_name", "text", "vmetadata")
+VECTOR_INDEX = "idx_document_chunk_vector"
+COLLECTION_INDEX = "idx_document_chunk_collection_name"
+TEXT_INDEX = "idx_document_chunk_text_search"
+MAX_INDEXED_VECTOR_DIM = 2000  # pgvector cannot index vector(N) above this; HridaAI refuses it
+HALFVEC_MIN_VERSION = (0, 7, 0)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_registered: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class VectorTableSpec:
+    """Shape of ``document_chunk`` (PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH, PGVECTOR_USE_HALFVEC, …)."""
+
+    dimension: int = 1536
+    halfvec: bool = False
+    index_method: str = ""  # '' -> ivfflat, or hnsw with halfvec (HridaAI's default)
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    ivfflat_lists: int = 100
+
+    def __post_init__(self) -> None:
+        if self.dimension < 1:
+            raise ValueError("dimension must be >= 1")
+        if self.index_method not in ("", "ivfflat", "hnsw"):
+            raise ValueError(f"index_method {self.index_method!r}: use '', 'ivfflat' or 'hnsw'")
+        if self.dimension > MAX_INDEXED_VECTOR_DIM and not self.halfvec:
+            raise ValueError(
+                f"dimension {self.dimension} > {MAX_INDEXED_VECTOR_DIM} needs halfvec: "
+                "set PGVECTOR_USE_HALFVEC=true (HridaAI refuses this combination too)"
+            )
+
+    @property
+    def method(self) -> str:
+        """The index access method actually used: 'ivfflat' or 'hnsw'."""
+        return self.index_method or ("hnsw" if self.halfvec else "ivfflat")
+
+    @property
+    def type_name(self) -> str:
+        """'vector' or 'halfvec'."""
+        return "halfvec" if self.halfvec else "vector"
+
+    @property
+    def column_type(self) -> str:
+        """SQL type of the vector column, e.g. ``vector(1536)``."""
+        return f"{self.type_name}({self.dimension})"
+
+    @property
+    def opclass(self) -> str:
+        """Cosine operator class matching the column type."""
+        return f"{self.type_name}_cosine_ops"
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """Outcome of build_vector_index."""
+
+    name: str
+    method: str
+    created: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """Outcome of copy_chunks: rows written and texts changed to fit PostgreSQL text."""
+
+    rows: int
+    texts_cleaned: int
+
+
+# --- value conversion ---------------------------------------------------------------------
+
+
+def pad(embedding: Any, dimension: int) -> np.ndarray:
+    """Zero-pad ``embedding`` to ``dimension`` as float32, like HridaAI's adjust_vector_length.
+
+    Raises ValueError if it is longer (HridaAI would silently truncate and corrupt it) or holds
+    NaN/infinity (pgvector rejects those).
+    """
+    vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if vec.shape[0] > dimension:
+        raise ValueError(
+            f"vector has {vec.shape[0]} dimensions, table has {dimension}: set "
+            f"PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least {vec.shape[0]}"
+        )
+    if not np.isfinite(vec).all():
+        raise ValueError("vector holds NaN or infinity, which pgvector rejects")
+    if vec.shape[0] == dimension:
+        return vec
+    out = np.zeros(dimension, dtype=np.float32)
+    out[: vec.shape[0]] = vec
+    return out
+
+
+def clean_text(value: str | None) -> tuple[str | None, bool]:
+    """Strip NUL and lone surrogates (PostgreSQL text/jsonb cannot hold them); say if it changed."""
+    if value is None:
+        return None, False
+    cleaned = _SURROGATES.sub("", value.replace("\x00", ""))
+    return cleaned, cleaned != value
+
+
+def _clean_value(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, True  # JSON has no NaN/Infinity and jsonb refuses them
+    return value, False
+
+
+def to_vmetadata(metadata: dict[str, Any] | None) -> tuple[str | None, int]:
+    """Return (JSON text for the jsonb ``vmetadata`` column, number of keys/values changed).
+
+    Chroma metadata values are scalars (HridaAI's process_metadata stored lists and dicts as
+    repr strings already), so they are kept as they are, except: NUL and lone surrogates are
+    stripped from strings and keys, and non-finite floats become null.  The count lets the
+    caller report these changes under a named policy.
+    """
+    if metadata is None:
+        return None, 0
+    out: dict[str, Any] = {}
+    changed = 0
+    for key, value in metadata.items():
+        new_key, key_changed = clean_text(str(key))
+        new_value, value_changed = _clean_value(value)
+        out[new_key] = new_value
+        changed += key_changed + value_changed
+    return json.dumps(out, ensure_ascii=False, allow_nan=False), changed
+
+
+# --- DDL ----------------------------------------------------------------------------------
+
+_ENSURE_EXTENSION = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN
+        CREATE EXTENSION IF NOT EXISTS vector;
+    END IF;
+END $$;
+"""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+async def ensure_extension(conn: Any) -> str:
+    """Create the ``vector`` extension only if it is missing (HridaAI's DO block); return its version."""
+    await conn.execute(_ENSURE_EXTENSION)
+    return await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+
+
+async def _require_type(conn: Any, spec: VectorTableSpec) -> None:
+    if not spec.halfvec:
+        return
+    version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    if version is None or _version_tuple(version) < HALFVEC_MIN_VERSION:
+        raise PreflightError(
+            "halfvec needs pgvector >= 0.7.0",
+            detail=f"the server's vector extension is {version or 'not installed'}",
+            hint="install pgvector >= 0.7.0 and run ALTER EXTENSION vector UPDATE, "
+            "or unset PGVECTOR_USE_HALFVEC",
+        )
+
+
+async def create_table(conn: Any, spec: VectorTableSpec) -> None:
+    """Create ``document_chunk`` with its collection_name and text-search indexes, if absent.
+
+    The vector index is left to build_vector_index.  An existing table must match ``spec``.
+    """
+    await _require_type(conn, spec)
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+        "id TEXT PRIMARY KEY, "
+        f"vector {spec.column_type}, "
+        "collection_name TEXT NOT NULL, "
+        "text TEXT, "
+        "vmetadata JSONB)"
+    )
+    found = await existing_table(conn)
+    if found is None or (found["type"], found["dimension"]) != (spec.type_name, spec.dimension):
+        raise PreflightError(
+            f"{TABLE} exists with another vector column than {spec.column_type}",
+            detail=f"{TABLE}.vector is {found and found['type']}({found and found['dimension']})",
+            hint="set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH / PGVECTOR_USE_HALFVEC to match the "
+            "existing table, or drop it",
+        )
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {COLLECTION_INDEX} ON {TABLE} (collection_name)"
+    )
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {TEXT_INDEX} ON {TABLE} "
+        "USING gin (to_tsvector('simple', coalesce(text, '')))"
+    )
+
+
+async def existing_table(conn: Any) -> dict[str, Any] | None:
+    """Describe an existing ``document_chunk`` in the search_path, or return None.
+
+    Keys: ``type`` ('vector'|'halfvec'|other), ``dimension`` (int|None), ``rows`` (estimate
+    from pg_class), ``vector_index`` (access method of idx_document_chunk_vector, or None).
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT t.typname AS type, a.atttypmod AS typmod, c.reltuples AS reltuples
+        FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'vector' AND NOT a.attisdropped
+        JOIN pg_type t ON t.oid = a.atttypid
+        WHERE c.oid = to_regclass($1)
+        """,
+        TABLE,
+    )
+    if row is None:
+        return None
+    return {
+        "type": row["type"],
+        "dimension": row["typmod"] if row["typmod"] > 0 else None,
+        "rows": max(int(row["reltuples"]), 0),
+        "vector_index": await _index_method(conn),
+    }
+
+
+async def _index_method(conn: Any) -> str | None:
+    return await conn.fetchval(
+        """
+        SELECT am.amname
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = to_regclass($1) AND ic.relname = $2
+        """,
+        TABLE,
+        VECTOR_INDEX,
+    )
+
+
+def _index_ddl(spec: VectorTableSpec) -> str:
+    if spec.method == "hnsw":
+        params = f"m = {spec.hnsw_m}, ef_construction = {spec.hnsw_ef_construction}"
+    else:
+        params = f"lists = {spec.ivfflat_lists}"
+    return (
+        f"CREATE INDEX IF NOT EXISTS {VECTOR_INDEX} ON {TABLE} "
+        f"USING {spec.method} (vector {spec.opclass}) WITH ({params})"
+    )
+
+
+async def build_vector_index(conn: Any, spec: VectorTableSpec, *, min_rows: int = 1) -> IndexResult:
+    """Build ``idx_document_chunk_vector`` after the load, as HridaAI names and configures it.
+
+    ivfflat is skipped (created=False, with the reason) while the table has fewer than
+    ``min_rows`` rows (at least 1: an index trained on nothing is useless).  Pass
+    ``min_rows=50 * spec.ivfflat_lists`` to follow HridaAI >= 0.11.4, which then builds it
+    itself at startup once the table is big enough.  An existing index with another method
+    raises, because HridaAI refuses to start with it.
+    """
+    current = await _index_method(conn)
+    if current is not None:
+        if current != spec.method:
+            raise PreflightError(
+                f"{VECTOR_INDEX} exists as {current}, not {spec.method}; HridaAI would refuse to start",
+                hint=f"DROP INDEX {VECTOR_INDEX}, or set PGVECTOR_INDEX_METHOD={current}",
+            )
+        return IndexResult(VECTOR_INDEX, spec.method, False, "already exists")
+    if spec.method == "ivfflat":
+        rows = await conn.fetchval(f"SELECT count(*) FROM {TABLE}")
+        if rows < max(min_rows, 1):
+            detail = (f"skipped: {rows} rows < {max(min_rows, 1)}; HridaAI builds it at startup "
+                      "once the table is big enough")
+            log.info("%s %s", VECTOR_INDEX, detail)
+            return IndexResult(VECTOR_INDEX, spec.method, False, detail)
+    await conn.execute(_index_ddl(spec))
+    return IndexResult(VECTOR_INDEX, spec.method, True, _index_ddl(spec))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+async def _register(conn: Any) -> None:
+    from pgvector.asyncpg import register_vector
+
+    if conn not in _registered:
+        await register_vector(conn)
+        _registered.add(conn)
+
+
+def _vector_value(vec: Any, spec: VectorTableSpec) -> Any:
+    from pgvector import HalfVector, Vector
+
+    arr = np.asarray(vec, dtype=np.float32).reshape(-1)
+    if arr.shape[0] != spec.dimension:
+        raise ValueError(f"vector has {arr.shape[0]} dimensions, table has {spec.dimension}: pad() it")
+    if spec.halfvec:
+        with np.errstate(over="ignore"):  # overflow is reported below, as a ValueError
+            half = arr.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise ValueError("vector value exceeds halfvec range (|x| > 65504)")
+        return HalfVector(half)
+    return Vector(arr)
+
+
+def _record(row: Sequence[Any], spec: VectorTableSpec) -> tuple[tuple[Any, ...], bool]:
+    chunk_id, vec, collection_name, text, vmetadata = row
+    text, changed = clean_text(text)
+    value = None if vec is None else _vector_value(vec, spec)
+    return (chunk_id, value, collection_name, text, vmetadata), changed
+
+
+async def copy_chunks(
+    conn: Any, rows: Iterable[Sequence[Any]], *, spec: VectorTableSpec
+) -> CopyResult:
+    """COPY ``rows`` of (id, padded vector, collection_name, text, vmetadata_json) into the table.
+
+    Uses the pgvector binary codec (registered once per connection).  NUL and lone surrogates
+    are stripped from ``text``; the number of texts changed is returned.  Run it inside the
+    caller's transaction to make a batch and its ledger row atomic.
+    """
+    await _register(conn)
+    records = []
+    cleaned = 0
+    for row in rows:
+        record, changed = _record(row, spec)
+        records.append(record)
+        cleaned += changed
+    if records:
+        await conn.copy_records_to_table(TABLE, records=records, columns=list(COLUMNS))
+    return CopyResult(rows=len(records), texts_cleaned=cleaned)

@@ -1,0 +1,143 @@
+"""The PostgreSQL target: connecting with clear errors, inspecting its state, DDL, COPY, finalisation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from migrator.catalog import OWN_SCHEMA, VECTOR_TABLE, qi
+from migrator.errors import PreflightError, TransientError
+from migrator.settings import mask_dsn
+
+log = logging.getLogger(__name__)
+MIN_SERVER_VERSION = 130000
+SEED_TABLES = {"config", "alembic_version"}
+
+
+async def connect(url: str, *, schema: str | None = None, readonly: bool = False) -> asyncpg.Connection:
+    """Connect, turning driver errors into operator-facing ones (with the DSN masked)."""
+    settings = {"application_name": "hridaai-migrate"}
+    if schema:
+        settings["search_path"] = f"{qi(schema)}, public"
+    if readonly:
+        settings["default_transaction_read_only"] = "on"
+    try:
+        conn = await asyncpg.connect(url, server_settings=settings, timeout=30)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise PreflightError("the target refused the credentials", detail=f"{mask_dsn(url)}: {exc}",
+                             hint="check the user and password in DATABASE_URL / --target") from None
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise PreflightError("the target database does not exist", detail=f"{mask_dsn(url)}: {exc}",
+                             hint="create it first (CREATE DATABASE ...) or fix the database name in the URL") from None
+    except (OSError, socket.gaierror, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
+        raise TransientError("cannot reach the target PostgreSQL server",
+                             detail=f"{mask_dsn(url)}: {exc.__class__.__name__}: {exc}",
+                             hint="check host, port and network; `migrate run --resume` continues once it is up"
+                             ) from None
+    except asyncpg.PostgresError as exc:
+        raise PreflightError("the target refused the connection", detail=f"{mask_dsn(url)}: {exc}") from None
+    return conn
+
+
+@dataclass
+class TargetState:
+    server_version: int
+    server_version_text: str
+    schema: str
+    hridaai_tables: list[str] = field(default_factory=list)
+    revision: str | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    has_ledger: bool = False
+    can_create: bool = True
+    vector_available: bool = False
+    vector_installed: bool = False
+    lz4: bool = False
+
+    @property
+    def kind(self) -> str:
+        """empty / hridaai-seeded / hridaai-with-data / foreign."""
+        if not self.hridaai_tables:
+            return "empty"
+        data = {t: n for t, n in self.rows.items() if n and t not in SEED_TABLES}
+        return "hridaai-with-data" if data else "hridaai-seeded"
+
+    def describe(self) -> str:
+        """One line for people."""
+        if self.kind == "empty":
+            return "empty (no HridaAI tables)"
+        at = f"made by HridaAI at revision {self.revision}" if self.revision else "HridaAI tables, no alembic revision"
+        data = {t: n for t, n in self.rows.items() if n and t not in SEED_TABLES}
+        return at + (f"; holds data in {len(data)} tables" if data else "; only HridaAI's seed rows")
+
+
+async def inspect(conn: asyncpg.Connection, *, schema: str, known_tables: set[str]) -> TargetState:
+    """Measure what the target holds, read-only."""
+    version = int(await conn.fetchval("SHOW server_version_num"))
+    state = TargetState(version, await conn.fetchval("SHOW server_version"), schema)
+    names = {r[0] for r in await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)}
+    state.hridaai_tables = sorted(names & (known_tables | {"alembic_version"}) - {VECTOR_TABLE})
+    for t in state.hridaai_tables:
+        state.rows[t] = await conn.fetchval(f"SELECT count(*) FROM {qi(schema)}.{qi(t)}")
+    if "alembic_version" in names:
+        revs = await conn.fetch(f"SELECT version_num FROM {qi(schema)}.alembic_version")
+        state.revision = revs[0][0] if len(revs) == 1 else None
+    state.has_ledger = bool(await conn.fetchval(
+        "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'batch'", OWN_SCHEMA))
+    state.can_create = bool(await conn.fetchval(
+        "SELECT has_database_privilege(current_database(), 'CREATE') AND "
+        "(NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) OR has_schema_privilege($1, 'CREATE'))",
+        schema))
+    state.vector_available = bool(await conn.fetchval(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
+    state.vector_installed = bool(await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'"))
+    state.lz4 = await _has_lz4(conn)
+    return state
+
+
+async def _has_lz4(conn: asyncpg.Connection) -> bool:
+    """Whether this server was built with lz4 (SET default_toast_compression = lz4 works)."""
+    if int(await conn.fetchval("SHOW server_version_num")) < 140000:
+        return False
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL default_toast_compression = lz4")
+        return True
+    except asyncpg.PostgresError:
+        return False
+
+
+async def column_types(conn: asyncpg.Connection, schema: str) -> dict[str, dict[str, tuple[str, bool, bool]]]:
+    """Live target: table -> column -> (format_type, nullable, has_default)."""
+    rows = await conn.fetch(
+        """SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.atthasdef
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname, a.attnum""", schema)
+    out: dict[str, dict[str, tuple[str, bool, bool]]] = {}
+    for rel, col, typ, nullable, hasdef in rows:
+        out.setdefault(rel, {})[col] = (typ, nullable, hasdef)
+    return out
+
+
+async def copy_rows(conn: asyncpg.Connection, *, schema: str, table: str, columns: list[str],
+                    rows: list[tuple]) -> None:
+    """Binary COPY of converted rows, by column name."""
+    await conn.copy_records_to_table(table, records=rows, columns=columns, schema_name=schema)
+
+
+async def reset_sequences(conn: asyncpg.Connection, sequences: list[dict], schema: str) -> list[dict]:
+    """setval() every owned sequence to the max of its column (is_called only when rows exist)."""
+    done = []
+    for s in sequences:
+        if not s.get("table"):
+            continue
+        top = await conn.fetchval(f"SELECT max({qi(s['column'])}) FROM {qi(schema)}.{qi(s['table'])}")
+        value, called = (top, True) if top is not None else (1, False)
+        await conn.execute("SELECT setval($1::regclass, $2, $3)", f"{qi(schema)}.{qi(s['name'])}", value, called)
+        done.append({"sequence": s["name"], "value": value, "is_called": called})
+    return done
