@@ -24,14 +24,16 @@ from migrator.sources import chroma  # noqa: E402
 
 BIG, SMALL, IP = "big-cosine", "small-l2", "tiny-ip"
 BIG_N = 1500  # > sync_threshold (1000): part of the vectors leave embeddings_queue for HNSW files
-FIXTURE = "fixtures-real/hridaai-0.12.4-small"
+FIXTURES = {"hridaai-0.12.4-small": 662, "hridaai-0.12.4-upgraded-from-0.6.26": 639}
 
 
-def _shared_dir() -> Path | None:
+def _fixture_dir(name: str) -> Path | None:
+    """The repo's committed fixtures/, else shared/fixtures-real beside the checkout."""
     here = Path(__file__).resolve()
-    for cand in (os.environ.get("HRIDAAI_SHARED_DIR"), here.parents[2] / "shared", "/work/shared"):
-        if cand and (Path(cand) / FIXTURE).is_dir():
-            return Path(cand)
+    for base in (here.parents[1] / "fixtures", here.parents[2] / "shared" / "fixtures-real",
+                 Path("/work/shared/fixtures-real")):
+        if (base / name / "vector_db").is_dir():
+            return base / name
     return None
 
 
@@ -202,17 +204,18 @@ def test_missing_vectors_counted_and_yielded_as_none(store, built):
     assert all(c.document is not None for c in chunks)
 
 
-def test_real_fixture_matches_manifest(tmp_path):
-    shared = _shared_dir()
-    if shared is None:
-        pytest.skip("shared/fixtures-real not found (set HRIDAAI_SHARED_DIR)")
-    manifest = (shared / FIXTURE / "MANIFEST.md").read_text()
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_real_fixture_matches_manifest(name, tmp_path):
+    fixture = _fixture_dir(name)
+    if fixture is None:
+        pytest.skip(f"fixture {name} not found")
+    manifest = (fixture / "MANIFEST.md").read_text()
     rows = re.findall(r"^\| `([^`]+)` \| (\d+) \| (\d+) \|$", manifest, re.M)
-    assert len(rows) == 11
-    store = _writable_copy(shared / FIXTURE / "vector_db", tmp_path / "vector_db")
+    store = _writable_copy(fixture / "vector_db", tmp_path / "vector_db")
     infos = chroma.describe(store)
     assert [(i.name, i.dimension, i.count) for i in infos] == [(n, int(d), int(c)) for n, d, c in rows]
-    assert sum(i.count for i in infos) == 662
+    assert sum(i.count for i in infos) == FIXTURES[name]
+    # the upgraded store's config_json_str says l2 (Chroma migration defaults); metadata says cosine
     assert {i.space for i in infos} == {"cosine"} and all(i.missing_vectors == 0 for i in infos)
     files = [i for i in infos if i.name.startswith("file-")]
     assert all({"file_id", "hash", "name", "source", "start_index"} <= set(i.metadata_keys)

@@ -1,4 +1,4 @@
-"""migrator.targets.pgvector against a real PostgreSQL + pgvector (pgserver, or HRIDAAI_TEST_PG_URL).
+"""migrator.targets.pgvector against a real PostgreSQL + pgvector (conftest: pgserver or TEST_DATABASE_URL).
 
 Async code runs through asyncio.run inside plain tests: no pytest-asyncio needed.
 """
@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,51 +25,26 @@ from pgvector.asyncpg import register_vector  # noqa: E402
 from migrator.errors import PreflightError  # noqa: E402
 from migrator.targets import pgvector as pgv  # noqa: E402
 
-REFERENCE = "reference/pg-schema-0bd252b206fb.sql"
-FIXTURE = "fixtures-real/hridaai-0.12.4-small"
 
 
-def _shared(rel: str) -> Path | None:
-    here = Path(__file__).resolve()
-    for cand in (os.environ.get("HRIDAAI_SHARED_DIR"), here.parents[2] / "shared", "/work/shared"):
-        if cand and (Path(cand) / rel).exists():
-            return Path(cand) / rel
-    return None
+def _find(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.exists()), None)
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
-    url = os.environ.get("HRIDAAI_TEST_PG_URL")
-    if url:
-        yield url
-        return
-    pgserver = pytest.importorskip("pgserver")
-    srv = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
-    yield srv.get_uri()
-
-
-def _with_db(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    return re.sub(r"/[^/]*$", f"/{name}", base) + (f"?{query}" if query else "")
+HERE = Path(__file__).resolve()
+REFERENCE = _find(HERE.parents[2] / "shared/reference/pg-schema-0bd252b206fb.sql",
+                  Path("/work/shared/reference/pg-schema-0bd252b206fb.sql"))
+FIXTURE = _find(HERE.parents[1] / "fixtures/hridaai-0.12.4-small",
+                HERE.parents[2] / "shared/fixtures-real/hridaai-0.12.4-small")
 
 
 @pytest.fixture
-def db(server_url):
-    """A fresh, empty database per test; yields a function running ``fn(conn)`` to completion."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql):
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
+def db(target_url):
+    """Run ``fn(conn)`` to completion on a fresh database (conftest's ``target_url``)."""
 
     def run(fn):
         async def go():
-            conn = await asyncpg.connect(_with_db(server_url, name))
+            conn = await asyncpg.connect(target_url)
             try:
                 return await fn(conn)
             finally:
@@ -78,8 +52,7 @@ def db(server_url):
 
         return asyncio.run(go())
 
-    yield run
-    asyncio.run(admin(f"DROP DATABASE {name}"))
+    return run
 
 
 def _rows(n, dim, table_dim, *, seed=0, collection="file-x"):
@@ -177,10 +150,9 @@ def test_ensure_extension_is_idempotent(db):
 
 
 def test_create_table_matches_hridaai_schema_dump(db):
-    ref = _shared(REFERENCE)
-    if ref is None:
+    if REFERENCE is None:
         pytest.skip("shared/reference not found")
-    dump = ref.read_text()
+    dump = REFERENCE.read_text()
     want_cols = re.search(r"CREATE TABLE public\.document_chunk \((.*?)\);", dump, re.S).group(1)
     want_idx = sorted(re.findall(r"^(CREATE INDEX idx_document_chunk_\w+ ON .*);$", dump, re.M))
 
@@ -321,7 +293,7 @@ def test_halfvec_mode(db):
 
         db(refused)
         pytest.skip("server's pgvector < 0.7.0 has no halfvec (refusal checked); "
-                    "set HRIDAAI_TEST_PG_URL to a newer server")
+                    "set TEST_DATABASE_URL to a newer server")
     src, rows = _rows(50, 384, spec.dimension, seed=2)
 
     async def go(conn):
@@ -345,9 +317,9 @@ def test_halfvec_mode(db):
 def test_real_fixture_end_to_end(db, tmp_path):
     """Every chunk of the real 0.12.4 store lands padded, and finds itself by cosine distance."""
     chroma = pytest.importorskip("migrator.sources.chroma")
-    fixture = _shared(FIXTURE)
+    fixture = FIXTURE
     if fixture is None:
-        pytest.skip("shared/fixtures-real not found")
+        pytest.skip("fixture hridaai-0.12.4-small not found")
     store = tmp_path / "vector_db"
     shutil.copytree(fixture / "vector_db", store)
     for p in [store, *store.rglob("*")]:
