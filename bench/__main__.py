@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--target", help="admin postgresql:// URI of a server to use instead of an embedded one; "
                                      "needs CREATEDB (databases bench_* are created and dropped)")
     ap.add_argument("--connections", type=int, default=2, help="COPY connections of the ceiling (= migrate's)")
-    ap.add_argument("--naive-budget", type=float, default=15.0, help="seconds per table for naive/row-by-row")
+    ap.add_argument("--naive-budget", type=float, default=10.0, help="seconds per table for naive/row-by-row")
     ap.add_argument("--row-by-row-rows", type=int, default=2000)
     ap.add_argument("--migrate-cmd", help="command to run instead of the `migrate` script (shell-split)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -111,6 +111,7 @@ def postgres(target: str | None):
     """Yield an admin URI: --target as given, or an embedded pgserver for the duration."""
     if target:
         pgutil.with_database(target, "postgres")  # validates the URI form early
+        log(f"postgres: using {pgutil.mask(target)}")
         yield target
     else:
         with pgutil.embedded_server(log=log) as uri:

@@ -4,9 +4,10 @@ Peak RSS comes from ``os.wait4`` on that very child (``ru_maxrss`` of the child 
 so earlier children do not leak into the figure the way ``RUSAGE_CHILDREN`` would; a tiny launcher process does the
 fork so the benchmark's own memory is not charged to the child (see LAUNCHER).
 
-Per-table timing is observed from outside: while ``migrate run`` works, a separate connection samples the size of
-every table in ``public`` (heap + TOAST, ``pg_relation_size``) every ``POLL_S`` seconds. A table's window runs from
-the last sample before it started growing to the first sample at its final size (resolution ±POLL_S).
+Per-table timing: from the tool's own JSON-lines ``load`` start/done events when it prints them; otherwise observed
+from outside: while ``migrate run`` works, a separate connection samples the size of every table in ``public``
+(heap + TOAST, ``pg_relation_size``) every ``POLL_S`` seconds, and a table's window runs from the last sample before
+it started growing to the first sample at its final size (resolution ±POLL_S). Both are kept in the results.
 """
 from __future__ import annotations
 
@@ -116,6 +117,36 @@ def table_windows(samples: list[tuple[float, dict]], t_start: float) -> dict[str
     return out
 
 
+def event_windows(*paths: str) -> dict[str, dict]:
+    """Per-table load windows from the tool's JSON-lines progress events, when it emits them.
+
+    Uses ``{"stage": "load", "unit": T, "state": "start"|"done", "ts": epoch}`` lines (``migrate run`` writes them to
+    stderr when that is not a terminal); returns {} when there are none.
+    """
+    spans: dict[str, dict] = {}
+    for path in paths:
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if not line.startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("stage") != "load" or "unit" not in ev or ev.get("state") not in ("start", "done"):
+                continue
+            span = spans.setdefault(ev["unit"], {})
+            if ev["state"] == "start":
+                span.setdefault("start_ts", ev.get("ts"))
+            else:
+                span["end_ts"] = ev.get("ts")
+    return {unit: {"window_s": max(s["end_ts"] - s["start_ts"], 1e-3)} for unit, s in spans.items()
+            if s.get("start_ts") is not None and s.get("end_ts") is not None}
+
+
 async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, logs: Path) -> dict:
     """``migrate run`` while sampling table sizes; returns run_child's dict plus ``tables`` windows."""
     argv = cmd + ["run", "--data-dir", str(data_dir), "--work-dir", str(work_dir), "--target", dsn]
@@ -127,8 +158,14 @@ async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, 
     finally:
         stop.set()
         await poller
-    res["tables"] = table_windows(samples, t0)
+    polled, events = table_windows(samples, t0), event_windows(res["stderr"], res["stdout"])
     res["samples"] = len(samples)
+    res["tables_polled"] = polled
+    res["tables_events"] = events
+    # The tool's own start/done events are exact; the size poll (±POLL_S) is the fallback.
+    res["tables"] = {t: {**w, "source": "events"} for t, w in events.items()}
+    for t, w in polled.items():
+        res["tables"].setdefault(t, {**w, "source": "poll"})
     return res
 
 

@@ -83,7 +83,9 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
                 return await _summarise(conn, report)
         await _finalize(conn, plan, snapshot, run, progress)
         return await _summarise(conn, report)
-    except TRANSIENT as exc:
+    except Exception as exc:
+        if not (isinstance(exc, TRANSIENT) or conn.is_closed()):
+            raise
         raise TransientError("lost the connection to the target during the load",
                              detail=f"{exc.__class__.__name__}: {exc}",
                              hint="everything committed is in the ledger; `migrate run --resume` continues") from exc

@@ -55,7 +55,14 @@ def target_url(pg_admin_url):
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     yield _with_db(pg_admin_url, name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for _ in range(3):  # the server may still be closing a terminated backend
+        try:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            break
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            import time
+
+            time.sleep(1)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
