@@ -65,11 +65,9 @@ def _invoke(fn, kw: dict, **extra) -> None:
         settings = _settings(kw)
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         _emit(fn(settings, **extra), as_json)
-    except commands.PlanRefused as exc:
-        _emit(commands.Outcome(exc.plan, exc.notes), as_json)
-        click.echo(exc.render(), err=True)
-        sys.exit(exc.exit_code)
     except MigrationError as exc:
+        if getattr(exc, "outcome", None) is not None:  # refused plans and failed verifies still print the report
+            _emit(exc.outcome, as_json)
         click.echo(exc.render(), err=True)
         sys.exit(exc.exit_code)
     except ValueError as exc:  # bad policy names and similar operator input

@@ -49,8 +49,7 @@ class PlanRefused(PreflightError):
     def __init__(self, plan, notes):
         super().__init__(f"the plan has {len(plan.errors)} error-level checks",
                          hint="fix what each [ERROR] check names, then run `migrate plan` again")
-        self.plan = plan
-        self.notes = notes
+        self.outcome = Outcome(plan, notes)
 
 
 def run(settings: Settings, *, resume: bool = False, progress: Progress | None = None) -> Outcome:
@@ -115,8 +114,11 @@ def verify(settings: Settings) -> Outcome:
     report = asyncio.run(verify_stage.check(settings.target_url, p, s, sample_size=settings.sample_size))
     _save_report(settings, "verify.json", report.asdict())
     if not report.ok:
-        raise VerificationFailed(f"verify found {len(report.problems)} differences",
-                                 detail="; ".join(report.problems[:10]), hint=f"see {settings.work_dir}/reports/verify.json")
+        exc = VerificationFailed(f"verify found {len(report.problems)} differences",
+                                 detail="; ".join(report.problems[:10]),
+                                 hint=f"see {settings.work_dir}/reports/verify.json")
+        exc.outcome = Outcome(report, notes)
+        raise exc
     return Outcome(report, notes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from migrator.errors import MigrationError
@@ -16,14 +17,18 @@ DBNAME = "hridaai"
 def start(work_dir: Path) -> tuple[str, str]:
     """Start (or reuse) the server; returns (asyncpg URL of database `hridaai`, psql command line)."""
     try:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR on servers
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:
         raise MigrationError("the embedded target needs the pgserver package",
                              hint="pip install pgserver, or set DATABASE_URL / --target") from exc
     pgdata = (work_dir / DIRNAME).resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
     if "hridaai" not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f"CREATE DATABASE {DBNAME};")
     base = server.get_uri(DBNAME)
