@@ -111,7 +111,8 @@ def verify(settings: Settings) -> Outcome:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="verify compares the target with the snapshot `migrate run` used: pass its --work-dir")
     p = asyncio.run(plan_stage.build(settings, s, scan=False))
-    report = asyncio.run(verify_stage.check(settings.target_url, p, s, sample_size=settings.sample_size))
+    report = asyncio.run(verify_stage.check(settings.target_url, p, s, sample_size=settings.sample_size,
+                                             settings=settings))
     _save_report(settings, "verify.json", report.asdict())
     if not report.ok:
         exc = VerificationFailed(f"verify found {len(report.problems)} differences",

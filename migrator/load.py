@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger
+from migrator import ledger, vectors_load
 from migrator.errors import PreflightError, TransientError
 from migrator.load_batch import BatchWriter
 from migrator.plan_model import Plan, TablePlan
@@ -81,6 +81,10 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
             if stop.requested:
                 report.interrupted = True
                 return await _summarise(conn, report)
+        await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
+        if stop.requested:
+            report.interrupted = True
+            return await _summarise(conn, report)
         await _finalize(conn, plan, snapshot, run, progress)
         return await _summarise(conn, report)
     except Exception as exc:
@@ -91,6 +95,33 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
                              hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
     finally:
         await _close(conn)
+
+
+async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress,
+                        stop: StopFlag) -> None:
+    """Vectors go to PGVECTOR_DB_URL; with its own ledger when that is another database."""
+    if not plan.vectors:
+        return
+    if settings.pgvector_url in (None, settings.target_url):
+        await vectors_load.execute(conn, settings, plan, snapshot, progress=progress, stop=stop)
+        return
+    vconn = await pgt.connect(settings.pgvector_url)
+    try:
+        if not await ledger.try_lock(vconn):
+            raise PreflightError("another `migrate run` is already working on the pgvector target")
+        await ledger.ensure(vconn)
+        there = await ledger.current_run(vconn)
+        if there is None:
+            await ledger.start_run(vconn, run_id=run["run_id"], snapshot_id=snapshot.snapshot_id, mode="vectors",
+                                   revision=plan.source_revision, units=[])
+        elif there["snapshot_id"] != snapshot.snapshot_id:
+            raise PreflightError("the pgvector target's ledger was made from another snapshot",
+                                 detail=f"ledger: {there['snapshot_id']}, this snapshot: {snapshot.snapshot_id}")
+        await vectors_load.execute(vconn, settings, plan, snapshot, progress=progress, stop=stop)
+        if not stop.requested:
+            await ledger.finish_run(vconn, run["run_id"])
+    finally:
+        await _close(vconn)
 
 
 async def _close(conn: asyncpg.Connection) -> None:

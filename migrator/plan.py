@@ -10,7 +10,7 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import checks as chk
-from migrator import convert, schema_capture, schema_compare
+from migrator import convert, schema_capture, schema_compare, vectors_plan
 from migrator.errors import MigrationError
 from migrator.plan_model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
@@ -49,6 +49,7 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
                 plan.checks += chk.conversion_scan(conn, plan)
     finally:
         conn.close()
+    await vectors_plan.build(settings, snapshot, plan)
     return plan
 
 

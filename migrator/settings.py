@@ -75,7 +75,7 @@ class Settings:
 
     def with_target(self, url: str) -> "Settings":
         """A copy pointing at `url` (used once the embedded server is up)."""
-        return replace(self, target_url=url)
+        return replace(self, target_url=url, pgvector_url=self.pgvector_url or url)
 
     def displayable(self) -> dict:
         """The settings as a dict with every secret masked."""

@@ -53,13 +53,21 @@ class VerifyReport:
         lines.append(f"sample: {self.sample.get('compared', 0)} rows compared field by field, "
                      f"{len(self.sample.get('differences', []))} differences")
         lines.append(f"alembic_version: source {self.alembic.get('source')} target {self.alembic.get('target')}")
+        if self.vectors:
+            lines += ["", f"{'collection':<52} {'source':>7} {'target':>7} {'quar.':>5} {'self':>7} {'recall@10':>9}  result"]
+            for name, c in self.vectors["collections"].items():
+                lines.append(f"{name[:52]:<52} {c['source']:>7,} {c['target']:>7,} {c['quarantined']:>5} "
+                             f"{c.get('self_retrieval') or '-':>7} {c.get('recall_at_10') or '-':>9}  "
+                             f"{'ok' if c['match'] else 'DIFFERS'}")
+            sr = self.vectors["self_retrieval"]
+            lines.append(f"self-retrieval {sr['hits']}/{sr['queries']}, recall@10 {self.vectors['recall_at_10']}")
         lines += ["", "RESULT: all match" if self.ok else "RESULT: DIFFERENCES FOUND"]
         lines += [f"  - {p}" for p in self.problems[:50]]
         return "\n".join(lines)
 
 
-async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 200, seed: int | None = None
-                ) -> VerifyReport:
+async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 200, seed: int | None = None,
+                settings=None) -> VerifyReport:
     """Compare snapshot and target; report every difference by table and key."""
     report = VerifyReport(snapshot.snapshot_id)
     conn = await pgt.connect(url)
@@ -76,6 +84,11 @@ async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 
         await _sample(conn, plan, samples, report)
         await _alembic(conn, plan, snapshot, report)
         await _sequences(conn, plan, report)
+        if settings is not None and plan.vectors:
+            from migrator import vectors_verify
+
+            report.vectors = await vectors_verify.check(settings, plan, snapshot, seed=seed)
+            report.problems += report.vectors["problems"]
     finally:
         lite.close()
         await conn.close()

@@ -1,0 +1,135 @@
+"""Plan for the vectors: per collection name, count, dimension, space, metadata keys; checks with a severity."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from migrator import vectors_source
+from migrator.errors import MigrationError
+from migrator.plan_model import Check, Plan
+from migrator.settings import Settings, mask_dsn
+from migrator.snapshot import Snapshot
+from migrator.sources import chroma
+from migrator.targets import pgvector as pgv
+from migrator.targets import postgres as pgt
+
+SHOW = 10
+
+
+def spec_of(settings: Settings) -> pgv.VectorTableSpec:
+    """document_chunk as HridaAI would create it with these PGVECTOR_* settings."""
+    return pgv.VectorTableSpec(dimension=settings.vector_length, halfvec=settings.use_halfvec,
+                               index_method=settings.index_method, hnsw_m=settings.hnsw_m,
+                               hnsw_ef_construction=settings.hnsw_ef_construction,
+                               ivfflat_lists=settings.ivfflat_lists)
+
+
+async def build(settings: Settings, snapshot: Snapshot, plan: Plan) -> None:
+    """Fill plan.vectors and add the vector checks (read-only on both sides)."""
+    kind = vectors_source.kind(settings, snapshot)
+    if kind is None:
+        return
+    try:
+        client = vectors_source.client(settings, snapshot)
+        infos = chroma.describe_client(client)
+    except MigrationError as exc:
+        plan.checks.append(Check("error", "vector-source", exc.message, exc.detail, exc.hint))
+        return
+    except Exception as exc:  # chromadb raises many types for unreadable stores
+        plan.checks.append(Check("error", "vector-source", "the Chroma store cannot be read with the installed "
+                                 "chromadb", f"{exc.__class__.__name__}: {exc}"[:500],
+                                 "check the store (missing/truncated files?) and that chromadb is not older than "
+                                 "the one that wrote it"))
+        return
+    spec = spec_of(settings)
+    collisions = _collisions(client, [i.name for i in infos])
+    plan.vectors = {"source": kind, "target": mask_dsn(settings.pgvector_url), "spec": spec.__dict__,
+                    "collections": [i.__dict__ for i in infos], "collisions": collisions,
+                    "summary": _summary(infos, spec)}
+    plan.checks += _checks(infos, spec, collisions)
+    await _target_checks(settings, plan, spec)
+
+
+def _collisions(client, names: list[str]) -> dict[str, dict[str, str]]:
+    """collection -> {chunk id -> first collection holding it}: the later occurrences (document_chunk.id is global)."""
+    first: dict[str, str] = {}
+    later: dict[str, dict[str, str]] = defaultdict(dict)
+    for name in names:
+        for chunk_id in vectors_source.ids(client, name):
+            if chunk_id in first:
+                later[name][chunk_id] = first[chunk_id]
+            else:
+                first[chunk_id] = name
+    return dict(later)
+
+
+def _checks(infos, spec: pgv.VectorTableSpec, collisions: dict) -> list[Check]:
+    out = []
+    for i in infos:
+        if i.dimension and i.dimension > spec.dimension:
+            out.append(Check("error", "vector-too-long", f"collection {i.name}: {i.dimension}-d vectors do not fit "
+                             f"vector({spec.dimension}); HridaAI would truncate them",
+                             hint=f"set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least {i.dimension} "
+                                  "(for HridaAI and for this tool)"))
+        if i.missing_vectors:
+            out.append(Check("warning", "missing-vectors", f"collection {i.name}: {i.missing_vectors} chunks have "
+                             "metadata but no vector in the store (a known Chroma failure); they are quarantined and "
+                             "verify reports them", hint="re-index those files in HridaAI after the migration"))
+        if i.space != "cosine":
+            out.append(Check("warning", "not-cosine", f"collection {i.name} uses {i.space} distance; HridaAI's "
+                             "pgvector search is cosine: vectors are carried exactly, rankings may differ"))
+        if i.count == 0:
+            out.append(Check("info", "empty-collection", f"collection {i.name} is empty: an empty collection does "
+                             "not exist in pgvector (HridaAI's has_collection is false)"))
+    for name, ids in collisions.items():
+        shown = ", ".join(f"{cid} (also in {other})" for cid, other in list(ids.items())[:SHOW])
+        out.append(Check("warning", "chunk-id-collision", f"collection {name}: {len(ids)} chunk ids already used by "
+                         "another collection; document_chunk.id is one global key: policy chunk_id_collision = "
+                         "quarantine (the first collection by name keeps the id)", detail=shown))
+    if spec.dimension > pgv.MAX_INDEXED_VECTOR_DIM and not spec.halfvec:
+        out.append(Check("error", "vector-length-unindexable", f"vector({spec.dimension}) cannot be indexed; HridaAI "
+                         "refuses this", hint="set PGVECTOR_USE_HALFVEC=true or a length <= 2000"))
+    return out
+
+
+async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSpec) -> None:
+    try:
+        conn = await pgt.connect(settings.pgvector_url, readonly=True)
+    except MigrationError as exc:
+        plan.checks.append(Check("error", "pgvector-target-unreachable", exc.message, exc.detail, exc.hint))
+        return
+    try:
+        installed = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        available = await conn.fetchval("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        if installed is None and available is None:
+            plan.checks.append(Check("error", "pgvector-missing", "the pgvector extension is not available on the "
+                                     "target server", hint="install pgvector on the server (package "
+                                     "postgresql-NN-pgvector), then a DBA runs: CREATE EXTENSION vector;"))
+        elif installed is None and not await conn.fetchval("SELECT rolsuper OR rolcreatedb FROM pg_roles "
+                                                           "WHERE rolname = current_user"):
+            plan.checks.append(Check("warning", "pgvector-not-installed", "the vector extension is not installed and "
+                                     "this user may lack the right to create it",
+                                     hint="a DBA runs, in the target database: CREATE EXTENSION vector;"))
+        found = await pgv.existing_table(conn) if installed else None
+        if found is not None:
+            if (found["type"], found["dimension"]) != (spec.type_name, spec.dimension):
+                plan.checks.append(Check("error", "document-chunk-differs", f"document_chunk exists as "
+                                         f"{found['type']}({found['dimension']}), settings say {spec.column_type}",
+                                         hint="set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH / PGVECTOR_USE_HALFVEC as "
+                                              "HridaAI has them, or drop the empty table"))
+            rows = await conn.fetchval("SELECT count(*) FROM document_chunk")
+            ledger_here = await conn.fetchval("SELECT to_regclass('hridaai_migrate.run') IS NOT NULL")
+            if rows and not ledger_here:
+                plan.checks.append(Check("error", "document-chunk-holds-data", f"document_chunk already holds {rows} "
+                                         "chunks", hint="migrate into an empty document_chunk"))
+    finally:
+        await conn.close()
+
+
+def _summary(infos, spec: pgv.VectorTableSpec) -> str:
+    lines = [f"vectors -> document_chunk {spec.column_type}, index {spec.method}",
+             f"{'collection':<52} {'count':>8} {'dim':>5} {'space':<7} metadata keys"]
+    for i in infos:
+        lines.append(f"{i.name[:52]:<52} {i.count:>8,} {i.dimension or '-':>5} {i.space:<7} "
+                     f"{', '.join(i.metadata_keys)[:60]}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Verify the vectors: counts per collection, every vector (float32, padding removed), ids, documents, metadata;
+self-retrieval and recall@10 against an exact search over the snapshot's vectors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+
+from migrator import ledger, vectors_source
+from migrator.plan_model import Plan
+from migrator.settings import Settings
+from migrator.snapshot import Snapshot
+from migrator.sources import chroma
+from migrator.targets import pgvector as pgv
+from migrator.targets import postgres as pgt
+from migrator.vectors_load import BATCH, unit_of
+from migrator.vectors_plan import spec_of
+
+SAMPLE_PER_COLLECTION = 20
+EXACT_LIMIT = 50_000  # recall@10 needs the whole collection in memory for the exact scan
+K = 10
+SHOW = 10
+
+
+async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int | None = None) -> dict | None:
+    """Compare every collection; returns the vectors section of the verify report (with its problems)."""
+    if not plan.vectors:
+        return None
+    spec = spec_of(settings)
+    client = vectors_source.client(settings, snapshot)
+    conn = await pgt.connect(settings.pgvector_url)
+    rng = random.Random(seed)
+    out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
+    recalls: list[float] = []
+    try:
+        await pgv._register(conn)
+        counts = {r[0]: r[1] for r in await conn.fetch(
+            "SELECT collection_name, count(*) FROM document_chunk GROUP BY 1")}
+        quarantined = await _quarantined(conn)
+        for info in plan.vectors["collections"]:
+            entry = await _collection(conn, client, info, spec, counts, quarantined, out["problems"])
+            entry.update(await _search(conn, client, info, spec, rng, out, recalls))
+            out["collections"][info["name"]] = entry
+        extra = set(counts) - {c["name"] for c in plan.vectors["collections"]}
+        if extra:
+            out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
+    finally:
+        await conn.close()
+    out["recall_at_10"] = round(float(np.mean(recalls)), 4) if recalls else None
+    return out
+
+
+async def _quarantined(conn) -> dict[str, dict[str, str]]:
+    rows = await conn.fetch(f"SELECT unit, key, policy FROM {ledger.S}.quarantine WHERE unit LIKE 'vector:%'") \
+        if await ledger.exists(conn) else []
+    out: dict[str, dict[str, str]] = {}
+    for unit, key, policy in rows:
+        out.setdefault(unit, {})[json.loads(key)[0]] = policy
+    return out
+
+
+async def _collection(conn, client, info: dict, spec, counts: dict, quarantined: dict, problems: list) -> dict:
+    name = info["name"]
+    q = quarantined.get(unit_of(name), {})
+    source = 0
+    bad: list[str] = []
+    for batch in chroma.iter_batches_client(client, name, batch_size=BATCH):
+        source += len(batch.chunks)
+        wanted = [c for c in batch.chunks if c.id not in q]
+        rows = {r["id"]: r for r in await conn.fetch(
+            "SELECT id, vector, collection_name, text, vmetadata::text AS meta FROM document_chunk "
+            "WHERE id = ANY($1::text[])", [c.id for c in wanted])}
+        bad += [c.id for c in wanted if not _same(c, rows.get(c.id), name, spec)]
+    target = counts.get(name, 0)
+    missing = [cid for cid, policy in q.items() if policy == "missing_vector"]
+    ok = not bad and source == target + len(q)
+    if bad:
+        problems.append(f"collection {name}: {len(bad)} chunks differ or are missing: {', '.join(bad[:SHOW])}")
+    if source != target + len(q):
+        problems.append(f"collection {name}: source {source} != target {target} + quarantined {len(q)}")
+    if missing:
+        problems.append(f"collection {name}: {len(missing)} chunks had no vector in the source store (not carried; "
+                        f"re-index them in HridaAI): {', '.join(missing[:SHOW])}")
+    return {"source": source, "target": target, "quarantined": len(q), "differs": bad[:SHOW], "match": ok}
+
+
+def _same(chunk, row, name: str, spec) -> bool:
+    if row is None or row["collection_name"] != name:
+        return False
+    got = np.asarray(row["vector"].to_numpy() if hasattr(row["vector"], "to_numpy") else row["vector"],
+                     dtype=np.float32)
+    src = np.asarray(chunk.embedding, dtype=np.float32)
+    d = src.shape[0]
+    if got.shape[0] != spec.dimension or np.any(got[d:]):
+        return False
+    equal = np.allclose(got[:d], src, rtol=1e-3, atol=1e-4) if spec.halfvec else np.array_equal(got[:d], src)
+    if not equal:
+        return False
+    if row["text"] != pgv.clean_text(chunk.document)[0]:
+        return False
+    meta = pgv.to_vmetadata(chunk.metadata)[0]
+    return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
+
+
+async def _search(conn, client, info: dict, spec, rng, out: dict, recalls: list) -> dict:
+    """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan."""
+    name = info["name"]
+    if not info["count"] or info["count"] > EXACT_LIMIT:
+        return {"self_retrieval": None, "recall_at_10": None}
+    ids, vecs = [], []
+    for batch in chroma.iter_batches_client(client, name, batch_size=BATCH):
+        for c in batch.chunks:
+            if c.embedding is not None:
+                ids.append(c.id)
+                vecs.append(np.asarray(c.embedding, dtype=np.float32))
+    if not vecs:
+        return {"self_retrieval": None, "recall_at_10": None}
+    matrix = np.vstack(vecs)
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-30)
+    picks = rng.sample(range(len(ids)), min(SAMPLE_PER_COLLECTION, len(ids)))
+    hits, local = 0, []
+    for i in picks:
+        query = pgv.pad(matrix[i], spec.dimension)
+        rows = await conn.fetch("SELECT id, vector <=> $1 AS d FROM document_chunk WHERE collection_name = $2 "
+                                "ORDER BY vector <=> $1 LIMIT $3", _param(query, spec), name, K)
+        exact = 1.0 - unit @ unit[i]
+        hits += bool(rows) and (rows[0]["id"] == ids[i] or rows[0]["d"] < 1e-6)
+        kth = np.sort(exact)[min(K, len(ids)) - 1]
+        allowed = {ids[j] for j in np.nonzero(exact <= kth + 1e-6)[0]}
+        local.append(sum(r["id"] in allowed for r in rows) / min(K, len(ids)))
+    out["self_retrieval"]["queries"] += len(picks)
+    out["self_retrieval"]["hits"] += hits
+    if hits < len(picks):
+        out["problems"].append(f"collection {name}: self-retrieval {hits}/{len(picks)}")
+    recalls += local
+    return {"self_retrieval": f"{hits}/{len(picks)}", "recall_at_10": round(float(np.mean(local)), 4)}
+
+
+def _param(vec: np.ndarray, spec):
+    from pgvector import HalfVector, Vector
+
+    return HalfVector(vec.astype(np.float16)) if spec.halfvec else Vector(vec)
