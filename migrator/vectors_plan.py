@@ -110,6 +110,11 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
             plan.checks.append(Check("warning", "pgvector-not-installed", "the vector extension is not installed and "
                                      "this user may lack the right to create it",
                                      hint="a DBA runs, in the target database: CREATE EXTENSION vector;"))
+        version = installed or available
+        if spec.halfvec and version and pgv._version_tuple(version) < pgv.HALFVEC_MIN_VERSION:
+            plan.checks.append(Check("error", "halfvec-unsupported", f"PGVECTOR_USE_HALFVEC needs pgvector >= 0.7.0, "
+                                     f"the server has {version}", hint="upgrade pgvector (ALTER EXTENSION vector "
+                                     "UPDATE) or unset PGVECTOR_USE_HALFVEC"))
         found = await pgv.existing_table(conn) if installed else None
         if found is not None:
             if (found["type"], found["dimension"]) != (spec.type_name, spec.dimension):

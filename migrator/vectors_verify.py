@@ -41,7 +41,8 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
         quarantined = await _quarantined(conn)
         for info in plan.vectors["collections"]:
             entry = await _collection(conn, client, info, spec, counts, quarantined, out["problems"])
-            entry.update(await _search(conn, client, info, spec, rng, out, recalls))
+            entry.update(await _search(conn, client, info, spec, rng, out, recalls,
+                                       skip=quarantined.get(unit_of(info["name"]), {})))
             out["collections"][info["name"]] = entry
         extra = set(counts) - {c["name"] for c in plan.vectors["collections"]}
         if extra:
@@ -104,15 +105,15 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, client, info: dict, spec, rng, out: dict, recalls: list) -> dict:
-    """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan."""
+async def _search(conn, client, info: dict, spec, rng, out: dict, recalls: list, *, skip: dict) -> dict:
+    """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan (of what was loaded)."""
     name = info["name"]
     if not info["count"] or info["count"] > EXACT_LIMIT:
         return {"self_retrieval": None, "recall_at_10": None}
     ids, vecs = [], []
     for batch in chroma.iter_batches_client(client, name, batch_size=BATCH):
         for c in batch.chunks:
-            if c.embedding is not None:
+            if c.embedding is not None and c.id not in skip:
                 ids.append(c.id)
                 vecs.append(np.asarray(c.embedding, dtype=np.float32))
     if not vecs:

@@ -1,0 +1,159 @@
+"""Vectors end to end: padding of 384-d and 768-d, a too-long collection, id collisions, kill + resume, HTTP source,
+halfvec refusal — real chromadb stores, real pgvector."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli
+
+
+def make_store(path: Path, collections: dict[str, tuple[int, int]], *, shared_ids: tuple[str, ...] = (),
+               seed: int = 7) -> None:
+    """A real Chroma store: name -> (count, dimension); shared_ids appear in every collection."""
+    import chromadb
+    from chromadb.config import Settings
+
+    rng = np.random.default_rng(seed)
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    for name, (count, dim) in collections.items():
+        col = client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
+        ids = [f"{name}-{i}" for i in range(count - len(shared_ids))] + list(shared_ids)
+        for start in range(0, count, 500):
+            part = ids[start:start + 500]
+            col.add(ids=part, embeddings=rng.standard_normal((len(part), dim)).astype(np.float32),
+                    documents=[f"chunk {i} of {name}" for i in part],
+                    metadatas=[{"file_id": name, "start_index": k, "ratio": 0.5, "ok": True} for k in range(len(part))])
+    del client
+
+
+def data_dir_with(tmp_path: Path, collections: dict, **kw) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(SMALL / "hridaai.db", data / "hridaai.db")
+    make_store(data / "vector_db", collections, **kw)
+    return data
+
+
+def args(data: Path, work: Path, target: str) -> list[str]:
+    return ["--data-dir", str(data), "--work-dir", str(work), "--target", target, "--log-format", "none"]
+
+
+def test_384_and_768_padded_and_exact_and_collisions_quarantined(target_url, tmp_path):
+    data = data_dir_with(tmp_path, {"file-a": (300, 384), "file-b": (60, 768), "col-c": (20, 384)},
+                         shared_ids=("dup-1", "dup-2"))
+    common = args(data, tmp_path / "w", target_url)
+    plan = run_cli("plan", *common, "--json")
+    assert plan.returncode == 0, plan.stderr
+    doc = json.loads(plan.stdout)
+    dims = {c["name"]: c["dimension"] for c in doc["vectors"]["collections"]}
+    assert dims == {"col-c": 384, "file-a": 384, "file-b": 768}
+    collision = [c for c in doc["checks"] if c["code"] == "chunk-id-collision"]
+    assert collision and "dup-1" in json.dumps(collision)
+    assert run_cli("run", *common).returncode == 0
+    verify = run_cli("verify", *common, "--json")
+    assert verify.returncode == 0, verify.stdout[-3000:]
+    vec = json.loads(verify.stdout)["vectors"]
+    assert vec["recall_at_10"] == 1.0 and vec["self_retrieval"]["hits"] == vec["self_retrieval"]["queries"]
+    # dup ids: kept by the first collection (by name), quarantined in the others
+    owners = query(target_url, "SELECT id, collection_name FROM document_chunk WHERE id LIKE 'dup-%' ORDER BY id")
+    assert [tuple(r) for r in owners] == [("dup-1", "col-c"), ("dup-2", "col-c")]
+    q = query(target_url, "SELECT unit, key FROM hridaai_migrate.quarantine WHERE policy = 'chunk_id_collision'")
+    assert len(q) == 4
+    dims_b = query(target_url, "SELECT DISTINCT vector_dims(vector) FROM document_chunk WHERE collection_name = 'file-b'")
+    assert [r[0] for r in dims_b] == [1536]
+    tail = query(target_url, "SELECT count(*) FROM document_chunk WHERE collection_name = 'file-b' AND "
+                             "(vector::real[])[769:1536] <> array_fill(0::real, ARRAY[768])")[0][0]
+    assert tail == 0  # zero padding after the 768 real dimensions
+    dim = query(target_url, "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'document_chunk'::regclass "
+                            "AND attname = 'vector'")[0][0]
+    assert dim == 1536
+
+
+def test_collection_longer_than_the_configured_length_is_refused(target_url, tmp_path):
+    data = data_dir_with(tmp_path, {"file-big": (5, 2048), "file-a": (5, 384)})
+    common = args(data, tmp_path / "w", target_url)
+    plan = run_cli("plan", *common)
+    assert plan.returncode == 4
+    assert "PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least 2048" in plan.stdout
+    run = run_cli("run", *common)
+    assert run.returncode == 4
+    assert query(target_url, "SELECT count(*) FROM pg_tables WHERE tablename = 'chat'")[0][0] == 0
+
+
+def test_halfvec_on_old_pgvector_is_refused_with_the_setting(target_url, tmp_path):
+    data = data_dir_with(tmp_path, {"file-a": (5, 384)})
+    plan = run_cli("plan", *args(data, tmp_path / "w", target_url), env={"PGVECTOR_USE_HALFVEC": "true"})
+    version = query(target_url, "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")[0][0]
+    if tuple(int(x) for x in version.split(".")[:2]) >= (0, 7):
+        assert plan.returncode == 0
+    else:
+        assert plan.returncode == 4 and "PGVECTOR_USE_HALFVEC" in plan.stdout
+
+
+def test_sigkill_during_vector_load_then_resume_exactly_once(target_url, tmp_path):
+    data = data_dir_with(tmp_path, {f"file-{i}": (2500, 384) for i in range(3)})
+    common = args(data, tmp_path / "w", target_url)
+    proc = subprocess.Popen(MIGRATE + ["run", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            n = query(target_url, "SELECT count(*) FROM hridaai_migrate.batch WHERE unit LIKE 'vector:%'")[0][0]
+        except Exception:  # ledger not there yet
+            n = 0
+        if n >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = run_cli("run", "--resume", *common)
+    assert done.returncode == 0, done.stderr
+    assert query(target_url, "SELECT count(*) FROM document_chunk")[0][0] == 7500
+    verify = run_cli("verify", *common)
+    assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chroma_http_source(target_url, tmp_path):
+    store = tmp_path / "served"
+    make_store(store, {"file-a": (120, 384), "user-memory-u1": (4, 384)})
+    port = _free_port()
+    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent))
+    server = subprocess.Popen([chroma, "run", "--path", str(store), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        data = tmp_path / "data"
+        data.mkdir()
+        shutil.copy(SMALL / "hridaai.db", data / "hridaai.db")
+        env = {"CHROMA_HTTP_HOST": "127.0.0.1", "CHROMA_HTTP_PORT": str(port)}
+        common = args(data, tmp_path / "w", target_url)
+        run = run_cli("run", *common, env=env)
+        assert run.returncode == 0, run.stderr
+        verify = run_cli("verify", *common, "--json", env=env)
+        assert verify.returncode == 0, verify.stdout[-2000:]
+        assert json.loads(verify.stdout)["vectors"]["collections"]["file-a"]["target"] == 120
+    finally:
+        server.terminate()
+        server.wait(10)
