@@ -141,8 +141,10 @@ async def step_done(conn: asyncpg.Connection, name: str, snapshot_id: str, detai
 
 
 async def finish_run(conn: asyncpg.Connection, run_id: str) -> None:
-    """The run is complete."""
-    await conn.execute(f"UPDATE {S}.run SET state = 'done', finished_at = now() WHERE run_id = $1", run_id)
+    """The run is complete (committed synchronously: this flushes every asynchronous batch commit before it)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = on")
+        await conn.execute(f"UPDATE {S}.run SET state = 'done', finished_at = now() WHERE run_id = $1", run_id)
 
 
 async def quarantined(conn: asyncpg.Connection) -> list[dict]:

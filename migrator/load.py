@@ -27,6 +27,7 @@ from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
 log = logging.getLogger(__name__)
+INDEX_MEMORY = "256MB"  # per index build, session only
 TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
              asyncpg.InterfaceError, ConnectionError, OSError, asyncpg.exceptions.CrashShutdownError,
              asyncpg.exceptions.ConnectionFailureError)
@@ -67,7 +68,7 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
                   stop: StopFlag | None = None) -> LoadReport:
     """Load every table; resumable; returns what was committed (measured from the ledger)."""
     stop = stop or StopFlag()
-    conn = await pgt.connect(settings.target_url)
+    conn = await pgt.connect(settings.target_url, bulk=True)
     try:
         if not await ledger.try_lock(conn):
             raise PreflightError("another `migrate run` is already working on this target",
@@ -105,7 +106,7 @@ async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot
     if settings.pgvector_url in (None, settings.target_url):
         await vectors_load.execute(conn, settings, plan, snapshot, progress=progress, stop=stop)
         return
-    vconn = await pgt.connect(settings.pgvector_url)
+    vconn = await pgt.connect(settings.pgvector_url, bulk=True)
     try:
         if not await ledger.try_lock(vconn):
             raise PreflightError("another `migrate run` is already working on the pgvector target")
@@ -325,6 +326,7 @@ async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: P
     spec = cat.load(plan.source_revision) if run["mode"] == "create" else None
     if spec is not None and "indexes" not in steps:
         progress.event("finalize", step="indexes")
+        await conn.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
         for stmt in cat.index_statements(spec):
             await conn.execute(f"SET search_path TO {schema}")
             await conn.execute(stmt)

@@ -48,6 +48,7 @@ async def execute(conn: asyncpg.Connection, settings: Settings, plan: Plan, snap
         return
     if "vector-index" not in steps:
         min_rows = 50 * spec.ivfflat_lists if spec.method == "ivfflat" else 1  # HridaAI >= 0.11.4's own rule
+        await conn.execute("SET maintenance_work_mem = '512MB'")
         result = await pgv.build_vector_index(conn, spec, min_rows=min_rows)
         await ledger.step_done(conn, "vector-index", snapshot.snapshot_id, result.detail)
         progress.event("finalize", step="vector-index", detail=result.detail)

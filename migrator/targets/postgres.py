@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -18,9 +19,18 @@ MIN_SERVER_VERSION = 130000
 SEED_TABLES = {"config", "alembic_version"}
 
 
-async def connect(url: str, *, schema: str | None = None, readonly: bool = False) -> asyncpg.Connection:
-    """Connect, turning driver errors into operator-facing ones (with the DSN masked)."""
+async def connect(url: str, *, schema: str | None = None, readonly: bool = False,
+                  bulk: bool = False) -> asyncpg.Connection:
+    """Connect, turning driver errors into operator-facing ones (with the DSN masked).
+
+    bulk=True: synchronous_commit off for batch transactions. Safe with the ledger: a batch and its ledger row are
+    one transaction, and a server crash can only lose a suffix of commits, which resume redoes; the run's last
+    transaction (finish_run) commits synchronously, flushing everything before it, so success is never reported
+    for data a crash could still take away.
+    """
     settings = {"application_name": "hridaai-migrate"}
+    if bulk:
+        settings["synchronous_commit"] = "off"
     if schema:
         settings["search_path"] = f"{qi(schema)}, public"
     if readonly:
@@ -33,6 +43,11 @@ async def connect(url: str, *, schema: str | None = None, readonly: bool = False
     except asyncpg.InvalidCatalogNameError as exc:
         raise PreflightError("the target database does not exist", detail=f"{mask_dsn(url)}: {exc}",
                              hint="create it first (CREATE DATABASE ...) or fix the database name in the URL") from None
+    except ssl.SSLError as exc:  # before OSError: a certificate problem is configuration, a retry cannot fix it
+        raise PreflightError("the TLS handshake with the target failed", detail=f"{mask_dsn(url)}: {exc}",
+                             hint="with sslmode=verify-full the sslrootcert CA file must have signed the server's "
+                                  "certificate and the URL's host must be a name in it (verify-ca skips the name)"
+                             ) from None
     except (OSError, socket.gaierror, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
         raise TransientError("cannot reach the target PostgreSQL server",
                              detail=f"{mask_dsn(url)}: {exc.__class__.__name__}: {exc}",
@@ -40,7 +55,18 @@ async def connect(url: str, *, schema: str | None = None, readonly: bool = False
                              ) from None
     except asyncpg.PostgresError as exc:
         raise PreflightError("the target refused the connection", detail=f"{mask_dsn(url)}: {exc}") from None
+    if bulk:
+        await use_lz4_if_available(conn)
     return conn
+
+
+async def use_lz4_if_available(conn: asyncpg.Connection) -> bool:
+    """SET default_toast_compression = lz4 for this session when the server has it (no schema change: new values
+    are compressed with lz4, which PostgreSQL >= 14 reads transparently; HridaAI sees no difference)."""
+    if await _has_lz4(conn):
+        await conn.execute("SET default_toast_compression = lz4")
+        return True
+    return False
 
 
 @dataclass
