@@ -260,7 +260,7 @@ class _Reader:
         if not raws:
             return None
         self.after = last
-        item = ReadBatch(raws, first, last, sum(src.row_bytes(r) for r in raws))
+        item = ReadBatch(raws, first, last, getattr(raws, "nbytes", 0) or sum(map(src.row_bytes, raws)))
         item.converted = self.conv.convert(raws) if self.conv else None
         return item
 

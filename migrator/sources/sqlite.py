@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,9 @@ from urllib.parse import quote
 
 from migrator.errors import PreflightError, UsageError
 
+log = logging.getLogger(__name__)
 INTERNAL_PREFIXES = ("sqlite_",)
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -22,24 +25,111 @@ class SourceColumn:
 
 
 def connect(path: Path, *, immutable: bool = False, key: str | None = None) -> sqlite3.Connection:
-    """Open `path` read-only (URI mode=ro; immutable=1 for snapshots nobody writes). Never creates files."""
+    """Open `path` read-only (URI mode=ro; immutable=1 for snapshots nobody writes). Never creates files.
+
+    An encrypted (SQLCipher) file is opened with sqlcipher3 and `key` (HridaAI's DATABASE_PASSWORD); a plain file
+    ignores the key. An encrypted file without a key, or with a wrong one, is one clear PreflightError.
+    """
     if not path.exists():
         raise UsageError(f"no SQLite database at {path}",
                          hint="point --data-dir (DATA_DIR) at HridaAI's data directory, the one holding hridaai.db")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    if not is_plain_sqlite(path):
+        if key is None:
+            raise PreflightError(f"{path.name} is not a plain SQLite file: it is encrypted (SQLCipher) or damaged",
+                                 detail=f"{path}: the file does not start with the SQLite header",
+                                 hint="an encrypted database needs what HridaAI itself was given: "
+                                      "DATABASE_TYPE=sqlite+sqlcipher and DATABASE_PASSWORD (or DATABASE_PASSWORD_FILE)"
+                                      "; a damaged one must be restored from a backup")
+        return _connect_sqlcipher(path, uri, key)
     if key is not None:
-        conn.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
+        log.info("%s is not encrypted: DATABASE_PASSWORD is not needed to read it", path.name)
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise PreflightError(f"{path.name} is not a readable SQLite database",
                              detail=f"{path}: {exc}",
-                             hint="check that DATA_DIR is HridaAI's data directory and the file is not damaged "
-                                  "(an encrypted database needs DATABASE_TYPE=sqlite+sqlcipher and DATABASE_PASSWORD)"
+                             hint="check that DATA_DIR is HridaAI's data directory and the file is not damaged"
                              ) from exc
     return conn
+
+
+def is_plain_sqlite(path: Path) -> bool:
+    """True for an unencrypted SQLite file (or an empty one, which SQLite treats as an empty database)."""
+    with path.open("rb") as fh:
+        head = fh.read(len(SQLITE_HEADER))
+    return head == SQLITE_HEADER or head == b""
+
+
+def _connect_sqlcipher(path: Path, uri: str, key: str) -> sqlite3.Connection:
+    """Open an encrypted database read-only with sqlcipher3 (PRAGMA key first, as HridaAI's engine does)."""
+    cipher = _sqlcipher_module()
+    conn = cipher.connect(uri, uri=True, check_same_thread=False, isolation_level=None, factory=_cipher_factory())
+    conn.source_path, conn.key = path, key
+    conn.execute("PRAGMA cipher_log_level = NONE")  # a wrong key is reported once, below, not as log noise
+    conn.execute(f"PRAGMA key = {_literal(key)}")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except cipher.DatabaseError as exc:
+        conn.close()
+        raise PreflightError(f"cannot decrypt {path.name} with the DATABASE_PASSWORD given",
+                             detail=f"{path}: {exc}",
+                             hint="set DATABASE_PASSWORD (or DATABASE_PASSWORD_FILE) to the SQLCipher password "
+                                  "HridaAI was started with for this database") from None
+    return conn
+
+
+def _sqlcipher_module():
+    try:
+        import sqlcipher3
+    except ImportError:
+        raise PreflightError("the source is encrypted (SQLCipher) and the sqlcipher3 module is not installed",
+                             hint="pip install 'hridaai-migrate[sqlcipher]' (the sqlcipher3 wheel), then retry"
+                             ) from None
+    return sqlcipher3
+
+
+def _cipher_factory():
+    """A sqlcipher3 Connection whose backup() into a plain stdlib database writes the decrypted content.
+
+    SQLite's backup API cannot copy between an encrypted and a plain database, so the snapshot (which every later
+    stage reads without a key, from a 0700 work dir) is written with sqlcipher_export inside one read transaction.
+    """
+    cipher = _sqlcipher_module()
+
+    class CipherConnection(cipher.Connection):
+        def backup(self, target, **kwargs):  # noqa: D102 - same contract as sqlite3.Connection.backup
+            if isinstance(target, cipher.Connection):
+                return super().backup(target, **kwargs)
+            dest = target.execute("PRAGMA database_list").fetchone()[2]
+            if not dest:
+                raise sqlite3.DatabaseError("an encrypted source can only be exported into a database file")
+            export_decrypted(self.source_path, Path(dest), key=self.key)
+
+    return CipherConnection
+
+
+def export_decrypted(source: Path, dest: Path, *, key: str) -> None:
+    """Write the decrypted content of the SQLCipher database `source` into the plain database file `dest`."""
+    cipher = _sqlcipher_module()
+    out = cipher.connect(f"file:{quote(str(dest.resolve()))}", uri=True, isolation_level=None)
+    try:
+        out.execute("PRAGMA cipher_log_level = NONE")
+        out.execute("ATTACH DATABASE ? AS enc KEY ?", (f"file:{quote(str(source.resolve()))}?mode=ro", key))
+        out.execute("BEGIN")  # one read transaction on the source: a consistent copy even while HridaAI writes
+        out.execute("SELECT sqlcipher_export('main', 'enc')")
+        out.execute("COMMIT")
+        out.execute("DETACH DATABASE enc")
+    except cipher.DatabaseError as exc:
+        raise sqlite3.DatabaseError(f"decrypting {source.name}: {exc}") from exc
+    finally:
+        out.close()
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def revision(conn: sqlite3.Connection) -> str | None:
@@ -82,42 +172,54 @@ def byte_size(conn: sqlite3.Connection, table: str, cols: list[str]) -> int:
     return conn.execute(f"SELECT coalesce(sum({expr}), 0) FROM {qi(table)}").fetchone()[0]
 
 
+class Rows(list):
+    """A batch of rows (rowid, *values, size): `nbytes` = stored bytes of its values; `lenient` = some text was not
+    valid UTF-8 and was decoded with surrogateescape (only then do converters need to look for it)."""
+
+    nbytes: int = 0
+    lenient: bool = False
+
+
 def read_batch(conn: sqlite3.Connection, table: str, cols: list[str], *, after: int, max_rows: int,
-               max_bytes: int) -> tuple[list[tuple], int]:
+               max_bytes: int) -> tuple[Rows, int]:
     """Rows with rowid > after, in rowid order, up to max_rows rows or max_bytes bytes (at least one row).
 
-    Returns (rows, last_rowid); each row is (rowid, *values). Text that is not valid UTF-8 is decoded with
+    Returns (rows, last_rowid); each row is (rowid, *values, size) — the trailing size (bytes stored, computed by
+    SQLite) bounds the batch without touching values in Python. Text that is not valid UTF-8 is decoded with
     surrogateescape so convert can apply the invalid-UTF-8 policy instead of the whole read failing.
     """
-    sql = f"SELECT rowid, {', '.join(qi(c) for c in cols)} FROM {qi(table)} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+    size = " + ".join(f"coalesce(length(CAST({qi(c)} AS BLOB)), 0)" for c in cols) or "0"
+    sql = (f"SELECT rowid, {', '.join(qi(c) for c in cols)}{', ' if cols else ''}{size} FROM {qi(table)} "
+           "WHERE rowid > ? ORDER BY rowid LIMIT ?")
     try:
         return _fetch(conn.execute(sql, (after, max_rows)), after, max_bytes)
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
             raise
-    conn.text_factory = _lenient_text
+    conn.text_factory = lenient_text
     try:
-        return _fetch(conn.execute(sql, (after, max_rows)), after, max_bytes)
+        rows, last = _fetch(conn.execute(sql, (after, max_rows)), after, max_bytes)
+        rows.lenient = True
+        return rows, last
     finally:
         conn.text_factory = str
 
 
-def _fetch(cur: sqlite3.Cursor, after: int, max_bytes: int) -> tuple[list[tuple], int]:
-    rows: list[tuple] = []
+def _fetch(cur: sqlite3.Cursor, after: int, max_bytes: int) -> tuple[Rows, int]:
+    rows = Rows()
     size = 0
-    last = after
     while size < max_bytes:
-        chunk = cur.fetchmany(64)
+        chunk = cur.fetchmany(256)
         if not chunk:
             break
         for row in chunk:
             rows.append(row)
-            last = row[0]
-            size += row_bytes(row)
+            size += row[-1]
             if size >= max_bytes:
                 break
     cur.close()
-    return rows, last
+    rows.nbytes = size
+    return rows, (rows[-1][0] if rows else after)
 
 
 def row_bytes(row: tuple) -> int:
@@ -135,7 +237,8 @@ def iter_rows(conn: sqlite3.Connection, table: str, cols: list[str], *, chunk: i
         yield from rows
 
 
-def _lenient_text(raw: bytes) -> str:
+def lenient_text(raw: bytes) -> str:
+    """A text_factory that keeps bytes which are not UTF-8 (as lone surrogates) instead of failing the read."""
     return raw.decode("utf-8", "surrogateescape")
 
 
