@@ -69,33 +69,78 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
     """Load every table; resumable; returns what was committed (measured from the ledger)."""
     stop = stop or StopFlag()
     conn = await pgt.connect(settings.target_url, bulk=True)
+    workers: list[asyncpg.Connection] = []
     try:
         if not await ledger.try_lock(conn):
             raise PreflightError("another `migrate run` is already working on this target",
                                  hint="wait for it to finish (watch it with `migrate status`)")
         run, resumed = await _begin(conn, settings, plan, snapshot, resume=resume)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
-        spec = {t.name: t for t in plan.tables}
-        for table in sorted(plan.tables, key=lambda t: (t.order, t.name)):
-            if table.action in ("load", "quarantine") and table.rows:
-                await _load_table(conn, settings, plan, table, spec, snapshot, progress, stop)
-            if stop.requested:
-                report.interrupted = True
-                return await _summarise(conn, report)
-        await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
+        workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(1, settings.jobs))]
+        await _load_tables(workers, settings, plan, snapshot, progress, stop)
+        if not stop.requested:
+            await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
         if stop.requested:
             report.interrupted = True
             return await _summarise(conn, report)
         await _finalize(conn, plan, snapshot, run, progress)
         return await _summarise(conn, report)
     except Exception as exc:
-        if not (isinstance(exc, TRANSIENT) or conn.is_closed()):
+        if not (isinstance(exc, TRANSIENT) or any(c.is_closed() for c in [conn, *workers])):
             raise
         raise TransientError("lost the connection to the target during the load",
                              detail=f"{exc.__class__.__name__}: {exc}",
                              hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
     finally:
+        for c in workers:
+            await _close(c)
         await _close(conn)
+
+
+async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: Snapshot, progress: Progress,
+                       stop: StopFlag) -> None:
+    """Tables in parallel over the worker connections; a table starts once every parent it references is loaded."""
+    spec = {t.name: t for t in plan.tables}
+    todo = sorted((t for t in plan.tables if t.action in ("load", "quarantine") and t.rows),
+                  key=lambda t: (t.order, -t.bytes, t.name))
+    waiting = {t.name: {fk["ref_table"] for fk in t.fks} & {x.name for x in todo} for t in todo}
+    done: set[str] = set()
+    running = [0]
+    ready = asyncio.Condition()
+
+    async def next_table() -> TablePlan | None:
+        async with ready:
+            while True:
+                if stop.requested or not todo:
+                    return None
+                pick = next((t for t in todo if waiting[t.name] <= done), None)
+                if pick is None and not running[0]:
+                    pick = todo[0]  # a cycle between tables: go on; per-batch FK checks quarantine true orphans
+                if pick is not None:
+                    todo.remove(pick)
+                    running[0] += 1
+                    return pick
+                await ready.wait()
+
+    async def work(wconn) -> None:
+        while (table := await next_table()) is not None:
+            try:
+                await _load_table(wconn, settings, plan, table, spec, snapshot, progress, stop)
+            finally:
+                async with ready:
+                    running[0] -= 1
+                    if not stop.requested:
+                        done.add(table.name)
+                    ready.notify_all()
+
+    tasks = [asyncio.create_task(work(c)) for c in workers]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress,
