@@ -157,3 +157,12 @@ def schema_list() -> None:
 
     for rev in known_revisions():
         click.echo(rev)
+
+
+@main.command("config")
+@_common
+def config(**kw) -> None:
+    """Print the resolved settings (flags > HridaAI's env > defaults), where each came from; passwords masked."""
+    from migrator import config_report
+
+    _invoke(lambda settings: commands.Outcome(config_report.report(settings), []), kw)

@@ -18,12 +18,20 @@ FIXTURES = ROOT / "fixtures"
 SMALL = FIXTURES / "hridaai-0.12.4-small"
 UPGRADED = FIXTURES / "hridaai-0.12.4-upgraded-from-0.6.26"
 MIGRATE = [sys.executable, "-m", "migrator"]
+# Every target URL the suite hands out carries this password: the test server trusts local connections, so it is
+# never checked, but it travels through every command, and run_cli fails the test whose output or work dir shows it.
+SUITE_PASSWORD = "suite-pw-" + uuid.uuid4().hex[:12]
+SECRETS = {SUITE_PASSWORD}  # tests may add their own
 
 
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory) -> str:
     """URL of a maintenance database on a real server (TEST_DATABASE_URL or a pgserver started here)."""
     if os.environ.get("TEST_DATABASE_URL"):
+        from urllib.parse import unquote, urlsplit
+
+        password = urlsplit(os.environ["TEST_DATABASE_URL"]).password
+        SECRETS.update({password, unquote(password)} if password else set())
         yield os.environ["TEST_DATABASE_URL"]
         return
     import pgserver
@@ -54,7 +62,7 @@ def target_url(pg_admin_url):
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield _with_db(pg_admin_url, name)
+    yield with_password(_with_db(pg_admin_url, name), SUITE_PASSWORD)
     for _ in range(3):  # the server may still be closing a terminated backend
         try:
             asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -69,8 +77,30 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     """Run `python -m migrator ...` as a real process."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("DATABASE_URL", None) if env is None or "DATABASE_URL" not in env else None
-    return subprocess.run(MIGRATE + list(args), capture_output=True, text=True, timeout=timeout, env=full_env,
+    proc = subprocess.run(MIGRATE + list(args), capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=ROOT)
+    assert_no_secret(list(args), proc)
+    return proc
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` when it has none (a URL that already has one, e.g. TEST_DATABASE_URL's, is kept)."""
+    scheme, _, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or creds.partition(":")[2]:
+        return url
+    return f"{scheme}://{creds.partition(':')[0]}:{password}@{host}"
+
+
+def assert_no_secret(args: list[str], proc: subprocess.CompletedProcess) -> None:
+    """No test secret in a command's stdout/stderr or in any file of its --work-dir (the embedded server aside)."""
+    places = [("stdout", proc.stdout or ""), ("stderr", proc.stderr or "")]
+    if "--work-dir" in args:
+        work = ROOT / args[args.index("--work-dir") + 1]
+        places += [(str(p), p.read_bytes().decode("latin-1")) for p in work.rglob("*")
+                   if p.is_file() and "embedded-pg" not in p.parts]
+    leaks = [where for where, text in places for secret in SECRETS if secret in text]
+    assert not leaks, f"`migrate {' '.join(args[:1])}` leaked a test password into {leaks}"
 
 
 def tree_digest(path: Path) -> dict[str, str]:
