@@ -9,12 +9,13 @@ from collections import Counter
 from migrator import catalog as cat
 from migrator import convert
 from migrator.plan_model import Check, Plan
-from migrator.rows import TableConverter
+from migrator.ledger import dumps
+from migrator.rows import TableConverter, key_text
 from migrator.settings import Settings
 from migrator.sources import sqlite as src
 from migrator.targets.postgres import MIN_SERVER_VERSION, TargetState
 
-SAMPLE = 5
+SAMPLE = 10
 
 
 def target_checks(state: TargetState, plan: Plan, settings: Settings) -> list[Check]:
@@ -36,26 +37,33 @@ def target_checks(state: TargetState, plan: Plan, settings: Settings) -> list[Ch
         data = ", ".join(f"{t}={n}" for t, n in state.rows.items() if n and t not in ("config", "alembic_version"))
         sev = "warning" if settings.force_clear else "error"
         out.append(Check(sev, "target-holds-data", "the target already holds HridaAI data besides its seed rows",
-                         detail=data, hint="migrate into an empty database, or pass --force-clear to delete it"))
+                         detail=data, hint="migrate into an empty database, or run `migrate run --force-clear` "
+                                           "to delete everything HridaAI stored there first"))
     if state.lz4:
         out.append(Check("info", "lz4", "the server supports lz4 TOAST compression: the load uses it"))
     return out
 
 
 def source_checks(conn: sqlite3.Connection, plan: Plan, spec: cat.Catalog) -> list[Check]:
-    """Shape, orphans, unique conflicts and a conversion scan of every value (read-only)."""
+    """Shape, orphans, unique conflicts and CHECK constraints, with the keys of the rows concerned (read-only)."""
     conn.create_function("pg_lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
+    conn.text_factory = src.lenient_text  # keys and values may hold invalid UTF-8: show them, never fail on them
     out: list[Check] = []
-    for t in plan.tables:
-        if t.action == "quarantine" and t.rows:
-            out.append(Check("warning", "table-not-in-target",
-                             f"{t.name}: {t.rows} rows in a table HridaAI's schema at {spec.revision} does not have",
-                             hint="they are kept in hridaai_migrate.quarantine, not loaded"))
-        if t.action != "load":
-            continue
-        out += _shape_checks(conn, t)
-        out += _orphan_checks(conn, t, plan.orphans)
-        out += _unique_checks(conn, t, spec.tables[t.name])
+    try:
+        orphans = OrphanScan(conn, plan.orphans, set_null=plan.policies.get("orphan_set_null") == "set_null")
+        for t in sorted(plan.tables, key=lambda t: (t.order, t.name)):
+            if t.action == "quarantine" and t.rows:
+                out.append(Check("warning", "table-not-in-target",
+                                 f"{t.name}: {t.rows} rows in a table HridaAI's schema at {spec.revision} does not "
+                                 "have", hint="they are kept in hridaai_migrate.quarantine, not loaded"))
+            if t.action != "load":
+                continue
+            out += _shape_checks(conn, t)
+            out += orphans.table(t)
+            out += _unique_checks(conn, t, spec.tables[t.name])
+            out += _check_constraints(conn, t, spec.tables[t.name])
+    finally:
+        conn.text_factory = str
     return out
 
 
@@ -75,68 +83,156 @@ def _shape_checks(conn, t) -> list[Check]:
     return out
 
 
-def _orphan_checks(conn, t, mode: str) -> list[Check]:
-    out = []
-    fks = list(t.fks) + ([{**t.self_ref, "ref_table": t.name}] if t.self_ref else [])
-    for fk in fks:
-        if fk["ref_table"] not in src.tables(conn):
-            continue
+class OrphanScan:
+    """Rows whose parent is missing, transitively: the children of a row that will be quarantined are orphans too.
+
+    Tables must be visited parents first (plan order); quarantined rowids are kept in a TEMP table (the snapshot
+    itself stays read-only).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, mode: str, *, set_null: bool = True):
+        self.conn = conn
+        self.mode = mode
+        self.set_null = set_null  # the orphan_set_null policy: ON DELETE SET NULL references are kept, as NULL
+        self.present = set(src.tables(conn))
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS hm_orphan (tbl TEXT NOT NULL, rid INTEGER NOT NULL, "
+                     "PRIMARY KEY (tbl, rid))")
+        conn.execute("DELETE FROM temp.hm_orphan")
+
+    def table(self, t) -> list[Check]:
+        """Checks for every foreign key of table t (then its self-reference, to a fixpoint)."""
+        out = []
+        for fk in t.fks:
+            out += self._fk(t, fk, fk["ref_table"])
+        if t.self_ref:
+            out += self._fk(t, {**t.self_ref, "ref_table": t.name}, t.name)
+        return out
+
+    def _fk(self, t, fk: dict, parent: str) -> list[Check]:
+        if fk["column"] not in {c.name for c in t.columns if c.source_type}:
+            return []
+        set_null = fk["on_delete"] == "SET NULL" and self.set_null
+        rowids: list[int] = []
+        while True:  # one pass for other tables; a self-reference repeats until no new orphan appears
+            found = self._orphans(t.name, fk, parent)  # rows found before are in hm_orphan: never found again
+            rowids += found
+            if not set_null:
+                self.conn.executemany("INSERT OR IGNORE INTO temp.hm_orphan VALUES (?, ?)",
+                                      [(t.name, r) for r in found])
+            if not found or parent != t.name or set_null:
+                break
+        return [self._check(t, fk, rowids, set_null)] if rowids else []
+
+    def _orphans(self, table: str, fk: dict, parent: str) -> list[int]:
         col, ref = src.qi(fk["column"]), src.qi(fk["ref_column"])
-        sql = (f"SELECT c.rowid FROM {src.qi(t.name)} c WHERE c.{col} IS NOT NULL AND NOT EXISTS "
-               f"(SELECT 1 FROM {src.qi(fk['ref_table'])} p WHERE p.{ref} = c.{col})")
-        rowids = [r[0] for r in conn.execute(sql)]
-        if not rowids:
-            continue
-        set_null = fk["on_delete"] == "SET NULL"
-        keys = _keys(conn, t, rowids[:SAMPLE])
+        alive = ("NOT EXISTS (SELECT 1 FROM temp.hm_orphan q WHERE q.tbl = ? AND q.rid = {}.rowid)")
+        if parent not in self.present:
+            parent_ok, args = "0", [table]
+        else:
+            parent_ok = (f"EXISTS (SELECT 1 FROM {src.qi(parent)} p WHERE p.{ref} = c.{col} AND "
+                         f"{alive.format('p')})")
+            args = [parent, table]
+        sql = (f"SELECT c.rowid FROM {src.qi(table)} c WHERE c.{col} IS NOT NULL AND NOT {parent_ok} "
+               f"AND {alive.format('c')} ORDER BY c.rowid")
+        return [r[0] for r in self.conn.execute(sql, args)]
+
+    def _check(self, t, fk: dict, rowids: list[int], set_null: bool) -> Check:
         what = "set to NULL (orphan_set_null)" if set_null else (
-            "quarantined" if mode == "quarantine" else "refused (--orphans=fail)")
-        out.append(Check("error" if mode == "fail" and not set_null else "warning", "orphans",
-                         f"{t.name}.{fk['column']} -> {fk['ref_table']}.{fk['ref_column']}: {len(rowids)} rows "
-                         f"point at a missing parent; they will be {what}", detail=f"keys: {', '.join(keys)}",
-                         hint="rows of deleted parents; HridaAI on PostgreSQL would have deleted them (CASCADE)"))
-    return out
+            "quarantined" if self.mode == "quarantine" else "refused (--orphans=fail)")
+        return Check("error" if self.mode == "fail" and not set_null else "warning", "orphans",
+                     f"{t.name}.{fk['column']} -> {fk['ref_table']}.{fk['ref_column']}: {len(rowids)} rows "
+                     f"point at a missing parent; they will be {what}",
+                     detail="keys: " + _listed(_keys(self.conn, t, rowids[:SAMPLE]), len(rowids)),
+                     hint="rows of deleted parents (or children of such rows); HridaAI on PostgreSQL would have "
+                          + ("set the reference to NULL" if set_null else "deleted them (ON DELETE CASCADE)"))
 
 
-def _keys(conn, t, rowids: list[int]) -> list[str]:
-    cols = ", ".join(src.qi(k) for k in t.key) or "rowid"
-    marks = ",".join("?" * len(rowids))
-    return [str(list(r)) for r in conn.execute(f"SELECT {cols} FROM {src.qi(t.name)} WHERE rowid IN ({marks})",
-                                               rowids)]
-
-
+_CAST = re.compile(r"::(?:character varying|timestamp without time zone|double precision|[a-z_]+)(?:\(\d+\))?"
+                   r"(?:\[\])?")
 _LOWER = re.compile(r"lower\(\(?(\w+)\)?(?:::text)?\)")
+
+
+def _unique_groups(target: cat.Table) -> list[tuple[str, list[str], str | None]]:
+    """(name, SQLite expressions, partial WHERE) of every PK, UNIQUE constraint and unique index."""
+    groups = [(c["name"], [src.qi(x) for x in c["columns"]], None) for c in target.constraints
+              if c["kind"] in ("p", "u")]
+    for ix in target.indexes:
+        if not ix["unique"]:
+            continue
+        m = _LOWER.search(ix["using"])
+        where = ix["using"].split(" WHERE ", 1)[1] if " WHERE " in ix["using"] else None
+        if m:
+            groups.append((ix["name"], [f"pg_lower({src.qi(m.group(1))})"], _sqlite_expr(where) if where else None))
+        elif re.fullmatch(r"USING btree \((\w+(?:, \w+)*)\)", ix["using"]):
+            cols = re.fullmatch(r"USING btree \((.*)\)", ix["using"]).group(1).split(", ")
+            groups.append((ix["name"], [src.qi(c) for c in cols], None))
+    return groups
 
 
 def _unique_checks(conn, t, target: cat.Table) -> list[Check]:
     out = []
-    groups = [(c["name"], [src.qi(x) for x in c["columns"]], None) for c in target.constraints
-              if c["kind"] in ("p", "u")]
-    for ix in target.indexes:
-        if ix["unique"]:
-            m = _LOWER.search(ix["using"])
-            where = ix["using"].split(" WHERE ", 1)[1] if " WHERE " in ix["using"] else None
-            if m:
-                groups.append((ix["name"], [f"pg_lower({src.qi(m.group(1))})"],
-                               re.sub(r"::\w+", "", where) if where else None))
-            elif re.fullmatch(r"USING btree \((\w+(?:, \w+)*)\)", ix["using"]):
-                cols = re.fullmatch(r"USING btree \((.*)\)", ix["using"]).group(1).split(", ")
-                groups.append((ix["name"], [src.qi(c) for c in cols], None))
     source_cols = {c.name for c in t.columns if c.source_type}
-    for name, exprs, where in groups:
+    for name, exprs, where in _unique_groups(target):
         if not all(re.sub(r"^pg_lower\((.*)\)$", r"\1", e).strip('"') in source_cols for e in exprs):
             continue
         cond = " AND ".join(f"{e} IS NOT NULL" for e in exprs) + (f" AND ({where})" if where else "")
-        sql = (f"SELECT {', '.join(exprs)}, count(*) FROM {src.qi(t.name)} WHERE {cond} "
-               f"GROUP BY {', '.join(exprs)} HAVING count(*) > 1 LIMIT {SAMPLE + 1}")
+        sql = (f"SELECT {', '.join(exprs)}, count(*), group_concat(rowid) FROM {src.qi(t.name)} WHERE {cond} "
+               f"GROUP BY {', '.join(exprs)} HAVING count(*) > 1")
         dups = conn.execute(sql).fetchall()
-        if dups:
-            shown = "; ".join(f"{list(d[:-1])} x{d[-1]}" for d in dups[:SAMPLE])
-            out.append(Check("error", "unique-conflict",
-                             f"{t.name}: values SQLite accepted but {name} forbids on PostgreSQL", detail=shown,
-                             hint="resolve them in HridaAI before migrating (e.g. merge or rename the duplicate "
-                                  "users, tags, prompt commands, skills or share links), then snapshot again"))
+        if not dups:
+            continue
+        shown = [f"{dumps(list(d[:-2]))} in rows {_listed(_keys(conn, t, _rowids(d[-1])[:SAMPLE]), d[-2])}"
+                 for d in dups[:SAMPLE]]
+        more = f" (and {len(dups) - SAMPLE} more groups)" if len(dups) > SAMPLE else ""
+        out.append(Check("error", "unique-conflict",
+                         f"{t.name}: {len(dups)} groups of rows SQLite accepted but {name} forbids on PostgreSQL",
+                         detail="; ".join(shown) + more,
+                         hint="resolve them in HridaAI before migrating (e.g. merge or rename the duplicate "
+                              "users, tags, prompt commands, skills or share links), then snapshot again"))
     return out
+
+
+def _check_constraints(conn, t, target: cat.Table) -> list[Check]:
+    """CHECK constraints of the target evaluated on the source: violating rows will be refused by PostgreSQL."""
+    out = []
+    source_cols = {c.name for c in t.columns if c.source_type}
+    for c in target.constraints:
+        if c["kind"] != "c" or not set(c.get("columns") or ()) <= source_cols:
+            continue
+        expr = _sqlite_expr(c["definition"].removeprefix("CHECK "))
+        try:
+            rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM {src.qi(t.name)} WHERE NOT ({expr})")]
+        except sqlite3.Error:
+            continue  # not expressible in SQLite: the load still quarantines what the server refuses
+        if rowids:
+            out.append(Check("warning", "check-violation",
+                             f"{t.name}: {len(rowids)} rows violate {c['name']} {c['definition']}; PostgreSQL "
+                             "refuses them, they will be quarantined (server_reject)",
+                             detail="keys: " + _listed(_keys(conn, t, rowids[:SAMPLE]), len(rowids))))
+    return out
+
+
+def _rowids(concatenated: str) -> list[int]:
+    return [int(r) for r in concatenated.split(",")]
+
+
+def _sqlite_expr(pg_expr: str) -> str:
+    """A simple PostgreSQL boolean expression as SQLite understands it (casts dropped)."""
+    return _CAST.sub("", pg_expr)
+
+
+def _keys(conn, t, rowids: list[int]) -> list[str]:
+    """The report keys (as the load writes them) of some rows."""
+    cols = [k for k in t.key if any(c.name == k and c.source_type for c in t.columns)]
+    select = ", ".join(src.qi(k) for k in cols) or "rowid"
+    marks = ",".join("?" * len(rowids))
+    found = {r[0]: r[1:] for r in conn.execute(
+        f"SELECT rowid, {select} FROM {src.qi(t.name)} WHERE rowid IN ({marks})", rowids)}
+    return [key_text(list(found[r])) for r in rowids if r in found]
+
+
+def _listed(keys: list[str], total: int) -> str:
+    return ", ".join(keys) + (f" (and {total - len(keys)} more)" if total > len(keys) else "")
 
 
 def conversion_scan(conn: sqlite3.Connection, plan: Plan) -> list[Check]:
@@ -145,7 +241,8 @@ def conversion_scan(conn: sqlite3.Connection, plan: Plan) -> list[Check]:
     for t in plan.tables:
         if t.action != "load" or not t.rows:
             continue
-        conv = TableConverter(t, plan.policies)
+        conv = TableConverter(t, plan.policies, strict_json=True)  # also lists text that is not JSON
+        orphaned = _orphaned(conn, t.name)  # quarantined as orphans: their values are not converted
         hits: Counter = Counter()
         samples: dict[tuple, list[str]] = {}
         after = -(2 ** 63)
@@ -154,7 +251,7 @@ def conversion_scan(conn: sqlite3.Connection, plan: Plan) -> list[Check]:
                                          max_bytes=t.batch_bytes)
             if not raws:
                 break
-            res = conv.convert(raws)
+            res = conv.convert([r for r in raws if r[0] not in orphaned] if orphaned else raws)
             for key, column, policy, action, _ in res.fixups:
                 _tally(hits, samples, (column, policy, action), key)
             for key, _reason, policy, column, _ in res.quarantine:
@@ -163,8 +260,16 @@ def conversion_scan(conn: sqlite3.Connection, plan: Plan) -> list[Check]:
             sev = "warning"
             out.append(Check(sev, f"policy:{policy}", f"{t.name}.{column}: {n} values -> {action} "
                              f"({convert.POLICIES.get(policy, ('', '', policy))[2]})",
-                             detail="keys: " + ", ".join(samples[(column, policy, action)])))
+                             detail="keys: " + _listed(samples[(column, policy, action)], n)))
     return out
+
+
+def _orphaned(conn: sqlite3.Connection, table: str) -> set[int]:
+    """Rowids source_checks found to be orphans that will be quarantined (none when it did not run)."""
+    try:
+        return {r[0] for r in conn.execute("SELECT rid FROM temp.hm_orphan WHERE tbl = ?", (table,))}
+    except sqlite3.OperationalError:
+        return set()
 
 
 def _tally(hits: Counter, samples: dict, k: tuple, key: str) -> None:

@@ -26,8 +26,13 @@ POLICIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "int_from_text": ("coerce", ("coerce", "reject"), "integer stored as text"),
     "int_from_real": ("truncate", ("truncate", "reject"), "integer column holding a fractional number"),
     "int_from_datetime": ("epoch", ("epoch", "reject"), "integer column holding a date-time text"),
+    "int_invalid": ("reject", ("reject", "null"), "integer column holding text that is no integer or date-time"),
+    "int_out_of_range": ("reject", ("reject", "null"), "integer the target type cannot hold (never wrapped)"),
     "timestamp_from_epoch": ("coerce", ("coerce", "reject"), "timestamp column holding an epoch number"),
+    "timestamp_offset": ("utc", ("utc", "reject"), "date-time with a UTC offset in a timestamp without time zone"),
+    "timestamp_invalid": ("reject", ("reject", "null"), "timestamp column holding something that is no date-time"),
     "date_invalid": ("null", ("null", "reject"), "date column holding something that is not YYYY-MM-DD"),
+    "number_invalid": ("reject", ("reject", "null"), "floating-point column holding text that is no number"),
     "varchar_overflow": ("truncate", ("truncate", "reject"), "text longer than the target varchar(N)"),
     "null_in_not_null": ("reject", ("reject",), "NULL in a column the target declares NOT NULL"),
     "orphan_set_null": ("set_null", ("set_null", "reject"),
@@ -66,7 +71,7 @@ class Context:
         """Record that `policy` fired on `column`; raise RowRejected when its action is reject."""
         action = self.actions[policy]
         if action == "reject":
-            raise RowRejected(column, policy, POLICIES[policy][2])
+            raise RowRejected(column, policy, f"{POLICIES[policy][2]} ({policy}): {_preview(original)}")
         self.fixups.append(Fixup(column, policy, action, _reportable(original)))
         return action
 
@@ -81,6 +86,11 @@ def resolve_actions(overrides: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"policy {name} allows {', '.join(POLICIES[name][1])}, not {action!r}")
         actions[name] = action
     return actions
+
+
+def _preview(value: Any) -> str:
+    text = repr(value.hex() if isinstance(value, bytes) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _reportable(value: Any) -> Any:
@@ -137,6 +147,11 @@ def converter_for(column: str, pg_type: str, nullable: bool) -> Converter:
     def not_null(value: Any, ctx: Context) -> Any:
         out = base(value, ctx)
         if out is None:
+            last = ctx.fixups[-1] if ctx.fixups and value is not None else None
+            if last is not None and last.column == column and last.action == "null":
+                # a policy chose NULL, but the target refuses NULL here: the row is rejected under that policy
+                raise RowRejected(column, last.policy, f"{POLICIES[last.policy][2]} ({last.policy}), and "
+                                                       f"{column} is NOT NULL: {_preview(value)}")
             ctx.apply(column, "null_in_not_null", value)
         return out
 
@@ -150,11 +165,21 @@ def canonical_json_number(value: int | float) -> str:
     return json.dumps(value)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?"
+                       r"(?:Z|[+-]\d{2}:?\d{2})?", re.ASCII)
+
+
 def parse_date(text: str) -> dt.date:
-    """'YYYY-MM-DD' (what SQLAlchemy's Date writes on SQLite)."""
-    return dt.date.fromisoformat(text.strip()[:10]) if len(text.strip()) in (10,) else dt.date.fromisoformat(text)
+    """Exactly 'YYYY-MM-DD' (what SQLAlchemy's Date writes on SQLite); ValueError otherwise."""
+    if not _DATE.fullmatch(text):
+        raise ValueError(f"not YYYY-MM-DD: {text[:40]!r}")
+    return dt.date.fromisoformat(text)
 
 
 def parse_timestamp(text: str) -> dt.datetime:
-    """SQLite DATETIME text ('YYYY-MM-DD HH:MM:SS[.ffffff]')."""
-    return dt.datetime.fromisoformat(text.strip())
+    """SQLite DATETIME text ('YYYY-MM-DD[ HH:MM[:SS[.ffffff]]]', optionally with an offset); ValueError otherwise."""
+    text = text.strip()
+    if not _DATETIME.fullmatch(text):
+        raise ValueError(f"not a date-time: {text[:40]!r}")
+    return dt.datetime.fromisoformat(text)

@@ -12,7 +12,10 @@ from migrator.rows import Converted, TableConverter
 from migrator.settings import Settings
 from migrator.targets import postgres as pgt
 
-REJECTED_BY_SERVER = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# what the server refuses because of one row's values (bisected down to that row and quarantined with the reason);
+# ProgramLimitExceeded: e.g. a key too large for its btree index, JSON nested deeper than the server parses
+REJECTED_BY_SERVER = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                      asyncpg.ProgramLimitExceededError)
 
 
 class BatchWriter:
@@ -42,26 +45,36 @@ class BatchWriter:
                 rows, keys, raws = await self._orphans(rows, keys, raws, quarantine, fixups)
             if rows:
                 await self._copy(rows, keys, raws, quarantine, fixups)
+            gone = {q[0] for q in quarantine}  # a quarantined row keeps its original values: no fixups for it
+            fixups = [f for f in fixups if f[0] not in gone]
             await ledger.record_batch(self.conn, unit=self.table.name, batch_no=batch_no,
                                       snapshot_id=self.snapshot_id, first_key=item.first_key, last_key=item.last_key,
                                       rows=len(item.raws) - len(quarantine), nbytes=item.nbytes,
                                       quarantine=quarantine, fixups=fixups)
 
     async def _orphans(self, rows, keys, raws, quarantine, fixups):
-        fks = list(self.table.fks)
-        if self.table.self_ref:
-            fks.append({**self.table.self_ref, "ref_table": self.table.name, "self": True})
-        for fk in fks:
-            if fk["column"] not in self.columns:
-                continue
-            idx = self.columns.index(fk["column"])
-            missing = await self._missing_parents(fk, {r[idx] for r in rows if r[idx] is not None})
-            if fk.get("self"):
-                own = self.columns.index(fk["ref_column"]) if fk["ref_column"] in self.columns else None
-                missing -= {r[own] for r in rows} if own is not None else set()
-            if missing:
-                rows, keys, raws = self._drop_orphans(fk, idx, missing, rows, keys, raws, quarantine, fixups)
+        """Rows whose parent is not in the target: quarantined, or the reference set NULL (ON DELETE SET NULL)."""
+        for fk in self.table.fks:
+            if fk["column"] in self.columns and rows:
+                rows, keys, raws = await self._orphans_of(fk, rows, keys, raws, quarantine, fixups)
+        ref = self.table.self_ref
+        if ref and ref["column"] in self.columns and ref["ref_column"] in self.columns:
+            fk = {**ref, "ref_table": self.table.name, "self": True}
+            before = -1
+            while rows and len(rows) != before:  # the children of a row quarantined just now are orphans too
+                before = len(rows)
+                rows, keys, raws = await self._orphans_of(fk, rows, keys, raws, quarantine, fixups)
         return rows, keys, raws
+
+    async def _orphans_of(self, fk, rows, keys, raws, quarantine, fixups):
+        idx = self.columns.index(fk["column"])
+        missing = await self._missing_parents(fk, {r[idx] for r in rows if r[idx] is not None})
+        if fk.get("self"):  # parents in this very batch arrive with it
+            own = self.columns.index(fk["ref_column"])
+            missing -= {str(r[own]) for r in rows}
+        if not missing:
+            return rows, keys, raws
+        return self._drop_orphans(fk, idx, missing, rows, keys, raws, quarantine, fixups)
 
     async def _missing_parents(self, fk: dict, values: set) -> set:
         if not values:
@@ -120,7 +133,7 @@ class BatchWriter:
                 async with self.conn.transaction():
                     await pgt.copy_rows(self.conn, schema=self.plan.schema, table=self.table.name,
                                         columns=self.columns, rows=strict.rows)
-                fixups += [f for f in strict.fixups if f not in fixups]
+                fixups[:] = [f for f in fixups if f[0] != key] + strict.fixups
                 return
             except REJECTED_BY_SERVER as again:
                 exc = again

@@ -77,7 +77,7 @@ def _connect_sqlcipher(path: Path, uri: str, key: str) -> sqlite3.Connection:
         raise PreflightError(f"cannot decrypt {path.name} with the DATABASE_PASSWORD given",
                              detail=f"{path}: {exc}",
                              hint="set DATABASE_PASSWORD (or DATABASE_PASSWORD_FILE) to the SQLCipher password "
-                                  "HridaAI was started with for this database") from None
+                                  "HridaAI was started with for this database") from exc
     return conn
 
 
@@ -86,7 +86,8 @@ def _sqlcipher_module():
         import sqlcipher3
     except ImportError:
         raise PreflightError("the source is encrypted (SQLCipher) and the sqlcipher3 module is not installed",
-                             hint="pip install 'hridaai-migrate[sqlcipher]' (the sqlcipher3 wheel), then retry"
+                             hint="install the sqlcipher3 wheel HridaAI itself uses (pip install sqlcipher3) "
+                                  "into the tool's environment, then retry"
                              ) from None
     return sqlcipher3
 
@@ -100,7 +101,8 @@ def _cipher_factory():
     cipher = _sqlcipher_module()
 
     class CipherConnection(cipher.Connection):
-        def backup(self, target, **kwargs):  # noqa: D102 - same contract as sqlite3.Connection.backup
+        def backup(self, target, **kwargs):
+            """sqlite3.Connection.backup; into a plain stdlib database: the decrypted content."""
             if isinstance(target, cipher.Connection):
                 return super().backup(target, **kwargs)
             dest = target.execute("PRAGMA database_list").fetchone()[2]
