@@ -318,8 +318,14 @@ class _Reader:
                 continue
 
     def next(self) -> ReadBatch | None:
-        """The next batch (blocking); re-raises a reader failure."""
-        item = self.queue.get()
+        """The next batch (blocking); re-raises a reader failure; None once closed (never blocks forever)."""
+        while True:
+            try:
+                item = self.queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self.closed.is_set() or not self.thread.is_alive() and self.queue.empty():
+                    return None
         if isinstance(item, BaseException):
             raise item
         return item

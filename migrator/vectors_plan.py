@@ -42,6 +42,11 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan) -> None:
                                  "the one that wrote it"))
         return
     spec = spec_of(settings)
+    if settings.pgvector_pgcrypto:
+        plan.checks.append(Check("error", "pgcrypto-unsupported", "PGVECTOR_PGCRYPTO is set: HridaAI would expect "
+                                 "text and metadata encrypted with pgp_sym_encrypt, which this version does not write",
+                                 hint="migrate with PGVECTOR_PGCRYPTO unset into a database HridaAI uses without "
+                                      "pgcrypto, or re-index the files in HridaAI after switching"))
     collisions = _collisions(client, [i.name for i in infos])
     plan.vectors = {"source": kind, "target": mask_dsn(settings.pgvector_url), "spec": spec.__dict__,
                     "collections": [i.__dict__ for i in infos], "collisions": collisions,

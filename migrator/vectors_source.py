@@ -21,7 +21,9 @@ MARKER = ".snapshot-id"
 def client(settings: Settings, snapshot: Snapshot) -> Any | None:
     """A chromadb client for the vectors to migrate, or None when the source has no vector store."""
     if settings.chroma_http_host:
-        return chroma.http_client(settings.chroma_http_host, port=settings.chroma_http_port)
+        return chroma.http_client(settings.chroma_http_host, port=settings.chroma_http_port,
+                                  ssl=settings.chroma_http_ssl, headers=dict(settings.chroma_http_headers),
+                                  tenant=settings.chroma_tenant, database=settings.chroma_database)
     if snapshot.vector_path is None:
         return None
     return chroma.open_client(_scratch(settings.work_dir, snapshot))
