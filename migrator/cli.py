@@ -95,8 +95,10 @@ def snapshot(**kw) -> None:
 
 @main.command()
 @_common
-def plan(**kw) -> None:
+@click.option("--force-clear", is_flag=True, help="Plan as `run --force-clear` would (existing mode with data).")
+def plan(force_clear: bool, **kw) -> None:
     """Inspect snapshot and target (read-only on both); exit 4 when an error-level check fails."""
+    kw["force_clear"] = force_clear or None
     _invoke(commands.make_plan, kw)
 
 

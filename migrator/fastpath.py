@@ -20,7 +20,10 @@ _SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
 # \u0000, a high surrogate escape not followed by a low one, a low one not preceded by a high one. An escaped
 # backslash before "u" can only cause a false positive (the per-value path then decides), never a false negative.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                             r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})")
+                             r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})"
+                             # a "pair" whose high half may be text after an escaped backslash: let the per-value
+                             # path decide
+                             r"|\\\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F]")
 _VARCHAR = re.compile(r"\((\d+)\)$")
 _BOOL = {0: False, 1: True, None: None}
 _INT_LIMITS = {"bigint": 2 ** 63, "integer": 2 ** 31, "smallint": 2 ** 15}

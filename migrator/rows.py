@@ -34,7 +34,7 @@ class TableConverter:
         self._picks = [self._src_index[c] for c in self.columns]
         self._convs = [convert.converter_for(c.name, c.target_type, c.nullable) for c in table.copy_columns]
         self.convs, self.picks = self._convs, self._picks
-        self.proofs = [_guarded(fastpath.proof_for(c.target_type, c.nullable), c.target_type)
+        self.proofs = [fastpath.proof_for(c.target_type, c.nullable)
                        for c in table.copy_columns]
         self._json_cols = [i for i, c in enumerate(table.copy_columns) if convert.kind_of(c.target_type) == "json"]
         self._not_null = {i for i, c in enumerate(table.copy_columns) if not c.nullable}
@@ -83,23 +83,6 @@ class TableConverter:
     def row_json(self, raw: tuple) -> str:
         """The full source row as ASCII JSON (for the quarantine table)."""
         return dumps({c: _plain(raw[1 + i]) for i, c in enumerate(self.source_columns)})
-
-
-def _guarded(proof, pg_type: str):
-    """json: a column also takes the per-value path when convert_values sees a suspicious escape.
-
-    The batch proof's own escape check misses a lone low surrogate escape that follows an escaped backslash and the
-    text "ud83d" (e.g. `"\\\\ud83d\\ude00"`); this guard keeps the batch path from changing a result.
-    """
-    if proof is None or convert.kind_of(pg_type) != "json":
-        return proof
-
-    def prove(col, lenient: bool):
-        if any(type(v) is str and "\\u" in v and convert_values.suspect_escapes(v) for v in col):
-            return None
-        return proof(col, lenient)
-
-    return prove
 
 
 def _plain(value: Any) -> Any:
