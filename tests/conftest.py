@@ -36,9 +36,14 @@ def pg_admin_url(tmp_path_factory) -> str:
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    import tempfile
+
+    # not under pytest's basetemp: concurrent pytest runs rotate (delete) old basetemps, server and all
+    pgdata = Path(tempfile.mkdtemp(prefix="hridaai-migrate-test-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
     yield server.get_uri("postgres")
     server.cleanup()
+    shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def _with_db(url: str, name: str) -> str:
