@@ -34,9 +34,21 @@ def canon(value: Any) -> bytes:
     return b"R" + repr(value).encode()
 
 
+_PLAIN = {str, int, bool, type(None)}
+
+
 def row_digest(values: Iterable[Any]) -> int:
-    """128-bit digest of a row's canonical values (length-prefixed, so no two rows collide by concatenation)."""
-    h = hashlib.blake2b(digest_size=16)
+    """128-bit digest of a row's values.
+
+    Rows of only str/int/bool/NULL (nearly all) hash their tuple repr, which is unambiguous for those types (repr
+    quotes and escapes strings, and 1, True and '1' differ) and computed in C; other rows hash length-prefixed
+    type-tagged canonical bytes of each value.
+    """
+    values = tuple(values)
+    if set(map(type, values)) <= _PLAIN:
+        data = b"P" + repr(values).encode("utf-8", "surrogatepass")
+        return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "little")
+    h = hashlib.blake2b(b"C", digest_size=16)
     for v in values:
         b = canon(v)
         h.update(len(b).to_bytes(8, "little"))

@@ -142,7 +142,7 @@ def _source_rows(lite, t: TablePlan, conv: TableConverter, set_null: dict):
                 for column in set_null[key]:
                     row[idx[column]] = None
                 row = tuple(row)
-            yield key, _ordered(conv.columns, row)
+            yield key, row
         for q in res.quarantine:
             yield q[0], None
 
@@ -158,17 +158,13 @@ def _chunks(it, n):
         yield buf
 
 
-def _ordered(columns: list[str], row: tuple) -> tuple:
-    return tuple(v for _, v in sorted(zip(columns, row), key=lambda p: p[0]))
-
-
 async def _target_rows(conn, schema: str, t: TablePlan, cols: list[str]):
     keys = t.key or []
     select = ", ".join(cat.qi(c) for c in keys + cols)
     async with conn.transaction(readonly=True):
         async for rec in conn.cursor(f"SELECT {select} FROM {cat.qi(schema)}.{cat.qi(t.name)}", prefetch=1000):
             values = tuple(rec)
-            yield ledger.dumps(list(values[:len(keys)])), _ordered(cols, values[len(keys):])
+            yield ledger.dumps(list(values[:len(keys)])), values[len(keys):]
 
 
 async def _quarantine_keys(conn, unit: str) -> set[str]:
@@ -219,7 +215,7 @@ async def _sample(conn, plan: Plan, samples: list, report: VerifyReport) -> None
         keys = t.key or []
         if not keys:
             continue
-        cols = sorted(c.name for c in t.copy_columns)
+        cols = [c.name for c in t.copy_columns]  # the converter's order, as the sampled values
         where = " AND ".join(f"{cat.qi(k)}::text = ${i + 1}" for i, k in enumerate(keys))
         key_values = [str(v) for v in json.loads(key)]
         rec = await conn.fetchrow(f"SELECT {', '.join(cat.qi(c) for c in cols)} FROM {cat.qi(plan.schema)}."
