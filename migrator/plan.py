@@ -49,7 +49,7 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
                 plan.checks += chk.conversion_scan(conn, plan)
     finally:
         conn.close()
-    await vectors_plan.build(settings, snapshot, plan)
+    await vectors_plan.build(settings, snapshot, plan, scan=scan)
     return plan
 
 

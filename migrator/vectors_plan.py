@@ -24,14 +24,14 @@ def spec_of(settings: Settings) -> pgv.VectorTableSpec:
                                ivfflat_lists=settings.ivfflat_lists)
 
 
-async def build(settings: Settings, snapshot: Snapshot, plan: Plan) -> None:
+async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: bool = True) -> None:
     """Fill plan.vectors and add the vector checks (read-only on both sides)."""
     kind = vectors_source.kind(settings, snapshot)
     if kind is None:
         return
     try:
         client = vectors_source.client(settings, snapshot)
-        infos = chroma.describe_client(client)
+        infos = chroma.describe_client(client, scan=scan)
     except MigrationError as exc:
         plan.checks.append(Check("error", "vector-source", exc.message, exc.detail, exc.hint))
         return

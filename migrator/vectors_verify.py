@@ -40,9 +40,9 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
             "SELECT collection_name, count(*) FROM document_chunk GROUP BY 1")}
         quarantined = await _quarantined(conn)
         for info in plan.vectors["collections"]:
-            entry = await _collection(conn, client, info, spec, counts, quarantined, out["problems"])
-            entry.update(await _search(conn, client, info, spec, rng, out, recalls,
-                                       skip=quarantined.get(unit_of(info["name"]), {})))
+            loaded: tuple[list, list] = ([], [])
+            entry = await _collection(conn, client, info, spec, counts, quarantined, out["problems"], loaded)
+            entry.update(await _search(conn, info, spec, rng, out, recalls, loaded))
             out["collections"][info["name"]] = entry
         extra = set(counts) - {c["name"] for c in plan.vectors["collections"]}
         if extra:
@@ -62,8 +62,11 @@ async def _quarantined(conn) -> dict[str, dict[str, str]]:
     return out
 
 
-async def _collection(conn, client, info: dict, spec, counts: dict, quarantined: dict, problems: list) -> dict:
+async def _collection(conn, client, info: dict, spec, counts: dict, quarantined: dict, problems: list,
+                      loaded: tuple[list, list]) -> dict:
+    """Every chunk compared; the loaded ids and vectors are kept in `loaded` for the search checks (small ones)."""
     name = info["name"]
+    keep = info["count"] <= EXACT_LIMIT
     q = quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
@@ -74,6 +77,11 @@ async def _collection(conn, client, info: dict, spec, counts: dict, quarantined:
             "SELECT id, vector, collection_name, text, vmetadata::text AS meta FROM document_chunk "
             "WHERE id = ANY($1::text[])", [c.id for c in wanted])}
         bad += [c.id for c in wanted if not _same(c, rows.get(c.id), name, spec)]
+        if keep:
+            for c in wanted:
+                if c.embedding is not None:
+                    loaded[0].append(c.id)
+                    loaded[1].append(np.asarray(c.embedding, dtype=np.float32))
     target = counts.get(name, 0)
     missing = [cid for cid, policy in q.items() if policy == "missing_vector"]
     ok = not bad and source == target + len(q)
@@ -105,17 +113,10 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, client, info: dict, spec, rng, out: dict, recalls: list, *, skip: dict) -> dict:
+async def _search(conn, info: dict, spec, rng, out: dict, recalls: list, loaded: tuple[list, list]) -> dict:
     """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan (of what was loaded)."""
     name = info["name"]
-    if not info["count"] or info["count"] > EXACT_LIMIT:
-        return {"self_retrieval": None, "recall_at_10": None}
-    ids, vecs = [], []
-    for batch in chroma.iter_batches_client(client, name, batch_size=BATCH):
-        for c in batch.chunks:
-            if c.embedding is not None and c.id not in skip:
-                ids.append(c.id)
-                vecs.append(np.asarray(c.embedding, dtype=np.float32))
+    ids, vecs = loaded
     if not vecs:
         return {"self_retrieval": None, "recall_at_10": None}
     matrix = np.vstack(vecs)

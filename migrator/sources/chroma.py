@@ -195,8 +195,19 @@ def _scan(col: Any) -> tuple[int | None, list[str], int]:
     return (dims.pop() if dims else None), sorted(keys), missing
 
 
-def _info(col: Any) -> CollectionInfo:
-    dimension, keys, missing = _scan(col)
+def _peek(col: Any) -> tuple[int | None, list[str], int]:
+    """Dimension and metadata keys from the first page only (lost vectors are found by the load, not here)."""
+    dimension = getattr(getattr(col, "_model", None), "dimension", None)
+    got = _page(col, ("embeddings", "metadatas"), _SCAN_PAGE, 0) if col.count() else {"embeddings": [],
+                                                                                       "metadatas": []}
+    if dimension is None:
+        dimension = next((len(e) for e in got["embeddings"] if e is not None), None)
+    keys = sorted({k for m in got["metadatas"] for k in (m or ())})
+    return dimension, keys, 0
+
+
+def _info(col: Any, scan: bool = True) -> CollectionInfo:
+    dimension, keys, missing = _scan(col) if scan else _peek(col)
     if dimension is None:  # empty, or every vector lost: fall back to what Chroma recorded
         dimension = getattr(getattr(col, "_model", None), "dimension", None)
     return CollectionInfo(
@@ -214,13 +225,14 @@ def _collection(client: Any, name: str) -> Any:
     return client.get_collection(name=name, embedding_function=None)
 
 
-def describe_client(client: Any) -> list[CollectionInfo]:
+def describe_client(client: Any, *, scan: bool = True) -> list[CollectionInfo]:
     """Describe every collection reachable through ``client``, sorted by name.
 
-    Reads every vector and metadata once (to find dimension, keys and lost vectors).
+    scan=True reads every vector and metadata once (dimension, all keys, lost vectors); scan=False only the first
+    page (what run and verify need: they meet lost vectors themselves).
     """
     names = sorted(c if isinstance(c, str) else c.name for c in client.list_collections())
-    return [_info(_collection(client, n)) for n in names]
+    return [_info(_collection(client, n), scan) for n in names]
 
 
 def iter_batches_client(
