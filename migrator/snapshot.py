@@ -7,17 +7,21 @@ Everything later reads the snapshot, never the live files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from migrator import __version__
-from migrator.errors import MigrationError, PreflightError, UsageError
+from migrator.errors import PreflightError, UsageError, work_dir_error
 from migrator.settings import Settings
 from migrator.sources import sqlite as src
 
@@ -70,33 +74,54 @@ class Snapshot:
 
 
 def take(settings: Settings) -> Snapshot:
-    """Copy the source into WORK_DIR/snapshot atomically (temp dir + rename) and write its manifest."""
+    """Copy the source into WORK_DIR/snapshot atomically (temp dir + rename) and write its manifest.
+
+    One snapshot at a time per work dir (a file lock); a killed snapshot leaves only a temp dir, removed next time.
+    """
     source = settings.source_db
     _check_source(source)
     work = ensure_private_dir(settings.work_dir)
-    tmp = work / f".{SNAPSHOT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ensure_private_dir(tmp)
-    old_umask = os.umask(0o077)
-    try:
-        _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
-        vector = _copy_vector_store(settings.vector_store, tmp / VECTOR_DIR)
-        snap = _describe(tmp, source, vector)
-        _write_json(tmp / MANIFEST, snap.asdict())
-        final = work / SNAPSHOT_DIR
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MigrationError("could not write the snapshot", detail=f"{exc.filename or work}: {exc.strerror}",
-                             hint="check free space and permissions of --work-dir; nothing was written to the target"
-                             ) from exc
-    finally:
-        os.umask(old_umask)
+    with _work_lock(work):
+        for stale in work.glob(f".{SNAPSHOT_DIR}.*tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{SNAPSHOT_DIR}.", suffix=".tmp", dir=work))
+        old_umask = os.umask(0o077)
+        try:
+            snap = _copy_into(tmp, source, settings)
+            final = work / SNAPSHOT_DIR
+            if final.exists():
+                os.replace(final, tmp.with_suffix(".old.tmp"))  # a manifest never survives without its files
+                shutil.rmtree(tmp.with_suffix(".old.tmp"))
+            os.replace(tmp, final)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise work_dir_error(exc, what="the snapshot") from exc
+            raise
+        finally:
+            os.umask(old_umask)
     snap.directory = str(final)
     _write_json(final / MANIFEST, snap.asdict())
     return snap
+
+
+def _copy_into(tmp: Path, source: Path, settings: Settings) -> Snapshot:
+    _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
+    vector = _copy_vector_store(settings.vector_store, tmp / VECTOR_DIR)
+    snap = _describe(tmp, source, vector)
+    _write_json(tmp / MANIFEST, snap.asdict())
+    return snap
+
+
+@contextlib.contextmanager
+def _work_lock(work: Path):
+    """An exclusive lock on the work dir while a snapshot is written (two commands started at once wait here)."""
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load(settings: Settings) -> Snapshot | None:
@@ -113,8 +138,14 @@ def load(settings: Settings) -> Snapshot | None:
 
 
 def load_or_take(settings: Settings) -> Snapshot:
-    """Reuse the work dir's snapshot, else take one."""
-    return load(settings) or take(settings)
+    """Reuse the work dir's snapshot, else take one (or reuse the one a concurrent command just took)."""
+    found = load(settings)
+    if found is not None:
+        return found
+    work = ensure_private_dir(settings.work_dir)
+    with _work_lock(work):
+        found = load(settings)
+    return found or take(settings)
 
 
 def _check_source(source: Path) -> None:
@@ -141,15 +172,23 @@ def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
     try:
         if key is not None:
             out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
+        # the copy is a temp file until the atomic rename: no journal, no per-page syncs (one fsync at the end)
+        out.execute("PRAGMA synchronous=OFF")
+        out.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA cache_size=-2000")
+        out.execute("PRAGMA cache_size=-2000")
         conn.backup(out)
         out.execute("PRAGMA journal_mode=DELETE")
         problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            raise OSError(errno.ENOSPC, f"writing the copy of {source.name}: {exc}", str(dest)) from exc
         raise PreflightError(f"{source.name} cannot be read completely", detail=f"{source}: {exc}",
                              hint="repair the database (sqlite3 .recover) or restore a backup, then retry") from exc
     finally:
         out.close()
         conn.close()
+    _fsync(dest)
     # a row breaking its own CHECK constraint is data, not corruption: plan lists it, the load quarantines it
     problems = [p for p in problems if not p.startswith("CHECK constraint failed")] or ["ok"]
     if problems != ["ok"]:
@@ -157,19 +196,41 @@ def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
                              hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
-    """chroma.sqlite3 through the backup API, segment folders as files."""
+    """chroma.sqlite3 through the backup API, segment folders as files (dirs 0700, files 0600)."""
     if store is None or not store.exists():
         return None
     db = store / "chroma.sqlite3"
     if not db.exists():
-        raise PreflightError(f"{store} has no chroma.sqlite3", hint="point CHROMA_DATA_PATH at the Chroma directory")
+        raise PreflightError(f"the Chroma store {store} has no chroma.sqlite3 (missing or truncated vector_db/)",
+                             hint="restore vector_db/ from a backup, or point CHROMA_DATA_PATH at the Chroma "
+                                  "directory HridaAI uses")
     dest.mkdir(mode=0o700)
-    _backup_sqlite(db, dest / db.name, key=None)
+    try:
+        _backup_sqlite(db, dest / db.name, key=None)
+    except (PreflightError, UsageError) as exc:
+        raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
+                             hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
+                                  "after the migration)") from exc
     for entry in sorted(store.iterdir()):
         if entry.is_dir():
             shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
+    private_tree(dest)
     return {"path": str(store)}
+
+
+def private_tree(root: Path) -> None:
+    """Directories 0700 and files 0600 under root (copytree copies the source's modes onto directories)."""
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
 
 
 def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:
