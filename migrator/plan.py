@@ -41,9 +41,11 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
                 orphans=settings.orphans)
     conn = src.connect(snapshot.db_path, immutable=True)
     try:
-        spec = await _target_spec(settings, plan)
+        wrong_source = _not_hridaai(conn, plan.source_revision)
+        plan.checks += [wrong_source] if wrong_source else []
+        spec = None if wrong_source else await _target_spec(settings, plan)
         if spec is not None:
-            plan.tables = _table_plans(conn, spec, settings)
+            plan.tables = _table_plans(conn, spec, settings, measure_bytes=scan)
             plan.checks += chk.source_checks(conn, plan, spec)
             if scan:
                 plan.checks += chk.conversion_scan(conn, plan)
@@ -53,13 +55,25 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
     return plan
 
 
+def _not_hridaai(conn, revision: str | None) -> Check | None:
+    """An error check when the source is empty, another application's database, or HridaAI's without a revision."""
+    tables = src.tables(conn)
+    where = "point --data-dir / DATA_DIR at the data directory of the HridaAI installation to migrate"
+    if not tables:
+        return Check("error", "source-empty", "the source database is empty: it holds no tables (HridaAI creates "
+                     "them at its first start)", hint=where)
+    if not _hridaai_core() - {"config", "alembic_version"} & set(tables):
+        return Check("error", "source-not-hridaai", "the source is not a HridaAI database: it has none of HridaAI's "
+                     "tables user, auth, chat", detail="its tables: " + ", ".join(tables[:10]), hint=where)
+    if revision is None:
+        return Check("error", "source-not-hridaai", "the source has HridaAI's tables but no alembic_version row: "
+                     "HridaAI's migrations never stamped it", hint="start HridaAI (a current version) once on a "
+                     "copy of the data so its migrations upgrade and stamp it, then snapshot that copy")
+    return None
+
+
 async def _target_spec(settings: Settings, plan: Plan) -> cat.Catalog | None:
     """Connect read-only, measure the target, choose the mode; the catalog or live schema to load into."""
-    if plan.source_revision is None:
-        plan.checks.append(Check("error", "source-not-hridaai",
-                                 "the source has no alembic_version: it is not a HridaAI database (or it is empty)",
-                                 hint="point --data-dir / DATA_DIR at HridaAI's data directory"))
-        return None
     try:
         conn = await pgt.connect(settings.target_url, readonly=True)
     except MigrationError as exc:
@@ -122,18 +136,20 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     return live
 
 
-def _table_plans(conn, spec: cat.Catalog, settings: Settings) -> list[TablePlan]:
+def _table_plans(conn, spec: cat.Catalog, settings: Settings, *, measure_bytes: bool = True) -> list[TablePlan]:
     plans: list[TablePlan] = []
     source_tables = set(src.tables(conn))
     for name in sorted(source_tables | set(spec.tables)):
-        plans.append(_table_plan(conn, name, spec.tables.get(name), name in source_tables, settings))
+        plans.append(_table_plan(conn, name, spec.tables.get(name), name in source_tables, settings,
+                                 measure_bytes=measure_bytes))
     order = load_order(spec)
     for t in plans:
         t.order = order.get(t.name, len(order))
     return plans
 
 
-def _table_plan(conn, name: str, target: cat.Table | None, in_source: bool, settings: Settings) -> TablePlan:
+def _table_plan(conn, name: str, target: cat.Table | None, in_source: bool, settings: Settings, *,
+                measure_bytes: bool = True) -> TablePlan:
     action = "stamp" if name == "alembic_version" else ("load" if target and in_source else
                                                         "quarantine" if in_source else "absent")
     plan = TablePlan(name=name, action=action)
@@ -152,7 +168,8 @@ def _table_plan(conn, name: str, target: cat.Table | None, in_source: bool, sett
                                        t.nullable if t else True, how))
     if in_source:
         plan.rows = src.count(conn, name)
-        plan.bytes = src.byte_size(conn, name, list(source_cols))
+        # a full scan of every value: `migrate plan` reports it; run and verify bound batches by bytes as they read
+        plan.bytes = src.byte_size(conn, name, list(source_cols)) if measure_bytes else 0
     if target:
         plan.key = list(target.primary_key)
         plan.fks = [{"column": fk.columns[0], "ref_table": fk.ref_table, "ref_column": fk.ref_columns[0],
