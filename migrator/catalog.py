@@ -165,4 +165,5 @@ def _sequence_ddl(s: dict) -> str:
             f"MINVALUE {s['min']} MAXVALUE {s['max']} CACHE {s['cache']}{' CYCLE' if s['cycle'] else ''}")
 
 
-_INDEXDEF = re.compile(r"^CREATE (UNIQUE )?INDEX (\S+) ON (?:ONLY )?(\S+) (USING .*)$")
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'  # an identifier as pg_get_indexdef prints it (quoted when it must be)
+_INDEXDEF = re.compile(rf"^CREATE (UNIQUE )?INDEX ({_IDENT}) ON (?:ONLY )?({_IDENT}(?:\.{_IDENT})?) (USING .*)$")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
 
 from migrator import commands, settings as settings_mod
-from migrator.errors import EXIT_FATAL, EXIT_USAGE, MigrationError
+from migrator.errors import EXIT_FATAL, EXIT_USAGE, WRITE_ERRNOS, MigrationError, work_dir_error
 
 
 def _common(f):
@@ -61,6 +62,7 @@ def _emit(outcome: commands.Outcome, as_json: bool) -> None:
 def _invoke(fn, kw: dict, **extra) -> None:
     as_json = kw.pop("as_json", False)
     kw.pop("log_format_set", None)
+    os.umask(0o077)  # every file the tool creates (snapshot, scratch copies, reports) is private to its user
     try:
         settings = _settings(kw)
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -70,14 +72,25 @@ def _invoke(fn, kw: dict, **extra) -> None:
             _emit(exc.outcome, as_json)
         click.echo(exc.render(), err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            _unexpected(exc)
+        err = work_dir_error(exc, what="into the work directory")  # disk full ...: say so, no traceback
+        click.echo(err.render(), err=True)
+        sys.exit(err.exit_code)
     except ValueError as exc:  # bad policy names and similar operator input
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except Exception as exc:  # a bug: say so plainly; the traceback goes to the log, not as the only message
-        logging.getLogger("migrator").debug("unexpected error", exc_info=True)
-        click.echo(f"ERROR: unexpected {exc.__class__.__name__}: {settings_mod.mask_dsn(str(exc))}\n"
-                   "HINT: this is a bug in hridaai-migrate; rerun with --resume after reporting it", err=True)
-        sys.exit(EXIT_FATAL)
+    except Exception as exc:
+        _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> None:
+    """A bug: say so plainly; the traceback goes to the log, not as the only message."""
+    logging.getLogger("migrator").debug("unexpected error", exc_info=True)
+    click.echo(f"ERROR: unexpected {exc.__class__.__name__}: {settings_mod.mask_dsn(str(exc))}\n"
+               "HINT: this is a bug in hridaai-migrate; rerun with --resume after reporting it", err=True)
+    sys.exit(EXIT_FATAL)
 
 
 @click.group()

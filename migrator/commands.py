@@ -7,11 +7,12 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import catalog, embedded, ledger, load, plan as plan_stage, snapshot as snap, verify as verify_stage
-from migrator.errors import MigrationError, PreflightError, UsageError, VerificationFailed
+from migrator.errors import MigrationError, PreflightError, UsageError, VerificationFailed, work_dir_error
 from migrator.progress import Progress, choose
 from migrator.settings import Settings, mask_dsn
 
@@ -48,15 +49,19 @@ class PlanRefused(PreflightError):
 
     def __init__(self, plan, notes):
         super().__init__(f"the plan has {len(plan.errors)} error-level checks",
-                         hint="fix what each [ERROR] check names, then run `migrate plan` again")
+                         detail="; ".join(f"{c.code}: {c.message}" for c in plan.errors[:5]),
+                         hint="; ".join([c.hint for c in plan.errors[:3] if c.hint]
+                                        + ["fix what each [ERROR] check names, then run `migrate plan` again"]))
         self.outcome = Outcome(plan, notes)
 
 
 def run(settings: Settings, *, resume: bool = False, progress: Progress | None = None) -> Outcome:
     """`migrate run [--resume]`: snapshot (if none yet), plan, load; exactly once, resumable."""
     settings, notes = _target(settings, start=True)
-    s = snap.load_or_take(settings)
     progress = progress or choose(settings.log_format)
+    progress.event("snapshot", state="start")
+    s = snap.load_or_take(settings)
+    progress.event("plan", state="start", snapshot=s.snapshot_id)
     p = asyncio.run(plan_stage.build(settings, s, scan=False))
     _save_report(settings, "plan.json", p.asdict())
     report = _run_load(settings, p, s, resume=resume, progress=progress)
@@ -186,12 +191,20 @@ def _target(settings: Settings, *, start: bool) -> tuple[Settings, list[str]]:
 
 def _save_report(settings: Settings, name: str, doc: dict) -> Path:
     directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
-    path = directory / name
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
+    return _write_private(directory / name, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
+
+
+def _write_private(path: Path, text: str | Iterable[str]) -> Path:
+    """0600, written to a temp file then renamed: a failed write (disk full) never leaves a partial report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines([text] if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise work_dir_error(exc, what=f"the report {path.name}") from exc
     return path
 
 
@@ -210,10 +223,7 @@ def _export_reports(settings: Settings) -> None:
     quarantine, fixups = asyncio.run(fetch())
     directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
     for name, rows in (("quarantine.jsonl", quarantine), ("fixups.jsonl", fixups)):
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=True, default=str) + "\n")
+        _write_private(directory / name, (json.dumps(r, ensure_ascii=True, default=str) + "\n" for r in rows))
 
 
 def masked(url: str | None) -> str | None:

@@ -5,6 +5,8 @@ Exit codes are part of the contract with a Kubernetes Job's podFailurePolicy.
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
@@ -56,3 +58,21 @@ class VerificationFailed(MigrationError):
     """Verify measured differences between the snapshot and the target."""
 
     exit_code = EXIT_DIFFERENCES
+
+
+class WorkDirError(MigrationError):
+    """The work directory could not be written (disk full, quota, read-only); nothing half-written is kept."""
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a write into the work dir failed
+
+
+def work_dir_error(exc: OSError, *, what: str) -> WorkDirError:
+    """An operator-facing error for a failed write into the work dir (ENOSPC and friends)."""
+    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+              errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror or str(exc))
+    err = WorkDirError(f"could not write {what}: {reason}", detail=f"{exc.filename or ''} {exc}".strip(),
+                       hint="free space in (or choose another) --work-dir / HRIDAAI_MIGRATE_WORK_DIR, then run the "
+                            "same command again: partial files were removed, `migrate run --resume` continues a run")
+    err.__cause__ = exc
+    return err

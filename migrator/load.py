@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
@@ -20,14 +18,14 @@ from migrator.errors import PreflightError, TransientError
 from migrator.load_batch import BatchWriter
 from migrator.plan_model import Plan, TablePlan
 from migrator.progress import Progress
-from migrator.rows import TableConverter
+from migrator.load_read import Reader
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
-from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
 log = logging.getLogger(__name__)
 INDEX_MEMORY = "256MB"  # per index build, session only
+LOCK_WAIT = 5  # seconds
 TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
              asyncpg.InterfaceError, ConnectionError, OSError, asyncpg.exceptions.CrashShutdownError,
              asyncpg.exceptions.ConnectionFailureError)
@@ -71,14 +69,13 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
     conn = await pgt.connect(settings.target_url, bulk=True)
     workers: list[asyncpg.Connection] = []
     try:
-        if not await ledger.try_lock(conn):
-            raise PreflightError("another `migrate run` is already working on this target",
-                                 hint="wait for it to finish (watch it with `migrate status`)")
-        run, resumed = await _begin(conn, settings, plan, snapshot, resume=resume)
+        await _lock(conn, "this target")
+        run, resumed = await _begin(conn, settings, plan, snapshot, resume=resume, progress=progress)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
         workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(1, settings.jobs))]
         await _load_tables(workers, settings, plan, snapshot, progress, stop)
-        if not stop.requested:
+        if not stop.requested and plan.vectors:
+            progress.event("vectors", state="start")
             await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
         if stop.requested:
             report.interrupted = True
@@ -153,8 +150,7 @@ async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot
         return
     vconn = await pgt.connect(settings.pgvector_url, bulk=True)
     try:
-        if not await ledger.try_lock(vconn):
-            raise PreflightError("another `migrate run` is already working on the pgvector target")
+        await _lock(vconn, "the pgvector target")
         await ledger.ensure(vconn)
         there = await ledger.current_run(vconn)
         if there is None:
@@ -170,6 +166,20 @@ async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot
         await _close(vconn)
 
 
+async def _lock(conn: asyncpg.Connection, what: str) -> None:
+    """The target's advisory lock, waited for a few seconds (the session of a killed run ends once the server
+    notices); refused when another run still holds it."""
+    for _ in range(LOCK_WAIT * 4):
+        if await ledger.try_lock(conn):
+            return
+        await asyncio.sleep(0.25)
+    raise PreflightError(f"another `migrate run` is already working on {what} (it holds the migration lock)",
+                         detail="sessions: SELECT pid, backend_start, state FROM pg_stat_activity "
+                                "WHERE application_name = 'hridaai-migrate'",
+                         hint="wait for it to finish (watch it with `migrate status`), then run `migrate run "
+                              "--resume`; never run two migrations into one target at once")
+
+
 async def _close(conn: asyncpg.Connection) -> None:
     try:
         await asyncio.wait_for(conn.close(), 5)
@@ -177,7 +187,8 @@ async def _close(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
-async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool) -> tuple[dict, bool]:
+async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool,
+                 progress: Progress) -> tuple[dict, bool]:
     """Continue the recorded run, or create schema + ledger + run in one transaction."""
     run = await ledger.current_run(conn)
     if run is not None:
@@ -194,11 +205,13 @@ async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, re
                                  hint="check it with `migrate verify`; `migrate run --resume` is a no-op")
         return run, True
     if plan.errors:
+        hints = [c.hint for c in plan.errors[:3] if c.hint]
         raise PreflightError(f"the plan has {len(plan.errors)} error-level checks",
                              detail="; ".join(f"{c.code}: {c.message}" for c in plan.errors[:5]),
-                             hint="see `migrate plan` for each check and what to do")
+                             hint="; ".join(hints + ["see `migrate plan` for each check and what to do"]))
     run_id = uuid.uuid4().hex[:12]
     mode = "existing" if plan.mode.startswith("existing") else "create"
+    progress.event("schema", state="start", mode=mode)
     async with conn.transaction():
         await ledger.ensure(conn)
         await _prepare_schema(conn, settings, plan, mode)
@@ -238,7 +251,7 @@ async def _load_table(conn, settings: Settings, plan: Plan, table: TablePlan, sp
     writer = BatchWriter(conn, settings=settings, plan=plan, table=table, spec=spec, snapshot_id=snapshot.snapshot_id)
     batch_no = done.batches if done else 0
     after = done.last_key if done else -(2 ** 63)
-    reader = _Reader(snapshot, table, plan.policies, after=after)
+    reader = Reader(snapshot, table, plan.policies, after=after)
     try:
         while True:
             item = await asyncio.to_thread(reader.next)
@@ -255,121 +268,6 @@ async def _load_table(conn, settings: Settings, plan: Plan, table: TablePlan, sp
     progress.finish(table.name)
 
 
-@dataclass
-class ReadBatch:
-    raws: list[tuple]
-    first_key: int
-    last_key: int
-    nbytes: int
-    converted: object = None
-
-
-class _Reader:
-    """Reads and converts batches in a thread, one batch ahead of the writer (bounded: queue of 1)."""
-
-    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int):
-        self.table = table
-        self.conv = TableConverter(table, policies) if table.action == "load" else None
-        self.columns = [c.name for c in table.columns if c.source_type is not None]
-        self.after = after
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(snapshot,), daemon=True)
-        self.thread.start()
-
-    def _run(self, snapshot: Snapshot) -> None:
-        conn = src.connect(snapshot.db_path, immutable=True)
-        order = _self_ref_order(conn, self.table) if self.table.self_ref else None
-        try:
-            while not self.closed.is_set():
-                item = self._read(conn, order)
-                self._put(item)
-                if item is None:
-                    return
-        except BaseException as exc:  # hand any failure to the writer side
-            self._put(exc)
-        finally:
-            conn.close()
-
-    def _read(self, conn, order: list[int] | None) -> ReadBatch | None:
-        t = self.table
-        if order is None:
-            raws, last = src.read_batch(conn, t.name, self.columns, after=self.after, max_rows=t.batch_rows,
-                                        max_bytes=t.batch_bytes)
-            first = raws[0][0] if raws else None
-        else:
-            start = max(self.after, 0)
-            ids = order[start:start + t.batch_rows]
-            raws = _rows_by_rowid(conn, t.name, self.columns, ids)
-            first, last = start + 1, start + len(ids)
-        if not raws:
-            return None
-        self.after = last
-        item = ReadBatch(raws, first, last, getattr(raws, "nbytes", 0) or sum(map(src.row_bytes, raws)))
-        item.converted = self.conv.convert(raws) if self.conv else None
-        return item
-
-    def _put(self, item) -> None:
-        while not self.closed.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def next(self) -> ReadBatch | None:
-        """The next batch (blocking); re-raises a reader failure; None once closed (never blocks forever)."""
-        while True:
-            try:
-                item = self.queue.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if self.closed.is_set() or not self.thread.is_alive() and self.queue.empty():
-                    return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop the thread (used on interruption)."""
-        self.closed.set()
-
-
-def _self_ref_order(conn, table: TablePlan) -> list[int]:
-    """Rowids with every parent before its children (rows in cycles or with missing parents come last)."""
-    col, ref = table.self_ref["column"], table.self_ref["ref_column"]
-    rows = conn.execute(f"SELECT rowid, {src.qi(ref)}, {src.qi(col)} FROM {src.qi(table.name)} ORDER BY rowid")
-    children: dict = {}
-    rowid_of, roots, all_ids = {}, [], []
-    for rowid, key, parent in rows:
-        all_ids.append(rowid)
-        rowid_of.setdefault(key, rowid)
-        children.setdefault(parent, []).append(rowid)
-    keys = {rowid: key for key, rowid in rowid_of.items()}
-    order, seen = [], set()
-    frontier = [r for p, rs in children.items() if p is None or p not in rowid_of for r in rs]
-    while frontier:
-        nxt = []
-        for r in frontier:
-            if r in seen:
-                continue
-            seen.add(r)
-            order.append(r)
-            nxt += children.get(keys.get(r), []) if r in keys else []
-        frontier = nxt
-    order += [r for r in all_ids if r not in seen]
-    return order
-
-
-def _rows_by_rowid(conn, table: str, cols: list[str], ids: list[int]) -> list[tuple]:
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    found = {r[0]: r for r in conn.execute(
-        f"SELECT rowid, {', '.join(src.qi(c) for c in cols)} FROM {src.qi(table)} WHERE rowid IN ({marks})", ids)}
-    return [found[i] for i in ids if i in found]
-
-
 async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
     """Indexes (create mode), sequences, alembic_version, ANALYZE — each recorded as a step, each idempotent."""
     steps = await ledger.steps(conn)
@@ -383,16 +281,19 @@ async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: P
             await conn.execute(stmt)
         await ledger.step_done(conn, "indexes", snapshot.snapshot_id)
     if "sequences" not in steps:
+        progress.event("finalize", step="sequences")
         sequences = spec.sequences if spec else await _live_sequences(conn, plan.schema)
         async with conn.transaction():
             done = await pgt.reset_sequences(conn, list(sequences), plan.schema)
             await ledger.step_done(conn, "sequences", snapshot.snapshot_id, ledger.dumps(done))
     if "alembic" not in steps:
+        progress.event("finalize", step="alembic")
         async with conn.transaction():
             if run["mode"] == "create":
                 await conn.execute(f"INSERT INTO {schema}.alembic_version (version_num) VALUES ($1)",
                                    plan.source_revision)
             await ledger.step_done(conn, "alembic", snapshot.snapshot_id, plan.source_revision)
+    progress.event("finalize", step="analyze")
     await conn.execute(f"SET search_path TO {schema}")
     await conn.execute("ANALYZE")
     await ledger.step_done(conn, "analyze", snapshot.snapshot_id)

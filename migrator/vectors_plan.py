@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 from migrator import vectors_source
-from migrator.errors import MigrationError
+from migrator.errors import MigrationError, WorkDirError
 from migrator.plan_model import Check, Plan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
@@ -28,18 +29,25 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
     """Fill plan.vectors and add the vector checks (read-only on both sides)."""
     kind = vectors_source.kind(settings, snapshot)
     if kind is None:
+        plan.checks.append(Check("warning", "no-vector-store", f"no Chroma store at {settings.vector_store}: no "
+                                 "vectors will be migrated", hint="if HridaAI keeps its vectors elsewhere, set "
+                                 "CHROMA_DATA_PATH (or CHROMA_HTTP_HOST) as HridaAI has it and snapshot again"))
         return
+    if kind == "snapshot" and _newer_store(snapshot, plan):
+        return  # never open a store the installed chromadb does not understand
     try:
         client = vectors_source.client(settings, snapshot)
         infos = chroma.describe_client(client, scan=scan)
+    except WorkDirError:
+        raise
     except MigrationError as exc:
         plan.checks.append(Check("error", "vector-source", exc.message, exc.detail, exc.hint))
         return
     except Exception as exc:  # chromadb raises many types for unreadable stores
         plan.checks.append(Check("error", "vector-source", "the Chroma store cannot be read with the installed "
                                  "chromadb", f"{exc.__class__.__name__}: {exc}"[:500],
-                                 "check the store (missing/truncated files?) and that chromadb is not older than "
-                                 "the one that wrote it"))
+                                 "restore vector_db/ from a backup if segment files are missing or truncated; if a "
+                                 "newer chromadb wrote it, install that version"))
         return
     spec = spec_of(settings)
     if settings.pgvector_pgcrypto:
@@ -53,6 +61,22 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
                     "summary": _summary(infos, spec)}
     plan.checks += _checks(infos, spec, collisions)
     await _target_checks(settings, plan, spec)
+
+
+def _newer_store(snapshot: Snapshot, plan: Plan) -> bool:
+    """An error check when a newer chromadb than the installed one wrote the store (its schema is unknown here)."""
+    from migrator.sources import chroma_files
+
+    newer = chroma_files.newer_than_installed((snapshot.vector_store or {}).get("schema_versions") or {},
+                                              cache_dir=Path(snapshot.directory).parent)
+    if newer:
+        parts = ", ".join(f"{d} {v} > {k}" for d, (v, k) in newer.items())
+        installed = (snapshot.vector_store or {}).get("chromadb_installed")
+        plan.checks.append(Check("error", "vector-store-newer", f"the Chroma store was written by a newer chromadb "
+                                 f"than the installed {installed} (internal schema {parts})",
+                                 hint="install the chromadb version HridaAI used (pip install 'chromadb==X' into "
+                                      "the tool's environment), then run `migrate plan` again"))
+    return bool(newer)
 
 
 def _collisions(client, names: list[str]) -> dict[str, dict[str, str]]:
@@ -110,10 +134,10 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
             plan.checks.append(Check("error", "pgvector-missing", "the pgvector extension is not available on the "
                                      "target server", hint="install pgvector on the server (package "
                                      "postgresql-NN-pgvector), then a DBA runs: CREATE EXTENSION vector;"))
-        elif installed is None and not await conn.fetchval("SELECT rolsuper OR rolcreatedb FROM pg_roles "
-                                                           "WHERE rolname = current_user"):
-            plan.checks.append(Check("warning", "pgvector-not-installed", "the vector extension is not installed and "
-                                     "this user may lack the right to create it",
+        elif installed is None and not await _may_create_vector(conn):
+            plan.checks.append(Check("error", "pgvector-not-installed", "the vector extension is not installed in "
+                                     "the target database and this user may not create it (pgvector is not a "
+                                     "trusted extension: only a superuser can)",
                                      hint="a DBA runs, in the target database: CREATE EXTENSION vector;"))
         version = installed or available
         if spec.halfvec and version and pgv._version_tuple(version) < pgv.HALFVEC_MIN_VERSION:
@@ -134,6 +158,14 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
                                          "chunks", hint="migrate into an empty document_chunk"))
     finally:
         await conn.close()
+
+
+async def _may_create_vector(conn) -> bool:
+    """Superuser, or (a trusted vector extension and CREATE on the database)."""
+    return bool(await conn.fetchval(
+        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR ("
+        "  coalesce((SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = 'vector'), false)"
+        "  AND has_database_privilege(current_database(), 'CREATE'))"))
 
 
 def _summary(infos, spec: pgv.VectorTableSpec) -> str:

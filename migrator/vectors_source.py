@@ -6,12 +6,15 @@ opens WORK_DIR/chroma-read, a copy of the snapshot's vector_db made once per sna
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from migrator.errors import work_dir_error
 from migrator.settings import Settings
-from migrator.snapshot import Snapshot
+from migrator.snapshot import Snapshot, private_tree
 from migrator.sources import chroma
 
 SCRATCH = "chroma-read"
@@ -37,14 +40,31 @@ def kind(settings: Settings, snapshot: Snapshot) -> str | None:
 
 
 def _scratch(work_dir: Path, snapshot: Snapshot) -> Path:
+    """WORK_DIR/chroma-read: copied to a temp dir, made private, then renamed (a partial copy is never used)."""
     dest = work_dir / SCRATCH
     marker = dest / MARKER
     if marker.exists() and marker.read_text() == snapshot.snapshot_id:
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(snapshot.vector_path, dest, copy_function=shutil.copyfile)
-    marker.write_text(snapshot.snapshot_id)
+    tmp = work_dir / f".{SCRATCH}.tmp"
+    try:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(snapshot.vector_path, tmp, copy_function=shutil.copyfile)
+        private_tree(tmp)
+        (tmp / MARKER).write_text(snapshot.snapshot_id)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise work_dir_error(_first_os_error(exc), what="the scratch copy of the Chroma store") from exc
     return dest
+
+
+def _first_os_error(exc: OSError) -> OSError:
+    """copytree collects failures into one shutil.Error of (src, dst, why) tuples: the first, as an OSError."""
+    if not isinstance(exc, shutil.Error) or not exc.args or not exc.args[0]:
+        return exc
+    _src, dst, why = exc.args[0][0]
+    return OSError(errno.ENOSPC if "No space left" in str(why) else errno.EIO, str(why), dst)
 
 
 def ids(client_: Any, collection: str, *, page: int = 10_000) -> list[str]:

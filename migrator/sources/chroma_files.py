@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import sqlite3
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -25,3 +29,39 @@ def describe_store(store: Path) -> dict:
     except metadata.PackageNotFoundError:
         installed = None
     return {"schema_versions": versions, "collections": collections, "chromadb_installed": installed}
+
+
+@functools.lru_cache(maxsize=1)
+def installed_schema_versions(cache_dir: Path | None = None) -> dict[str, int]:
+    """The internal schema versions the installed chromadb writes (measured: a new empty store in a temp dir).
+
+    chromadb 1.x applies its migrations from its Rust core, so the package's .sql files do not say which ones it
+    knows; a store it creates does. The result is kept per chromadb version in `cache_dir` (the private work dir).
+    """
+    version = metadata.version("chromadb")
+    cache = cache_dir / f".chromadb-{version}-schema.json" if cache_dir else None
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
+    import chromadb
+    from chromadb.config import Settings
+
+    with tempfile.TemporaryDirectory(prefix="hm-chroma-") as tmp:
+        client = chromadb.PersistentClient(path=tmp, settings=Settings(anonymized_telemetry=False))
+        del client
+        conn = sqlite3.connect(Path(tmp) / "chroma.sqlite3")
+        try:
+            found = {r[0]: r[1] for r in conn.execute("SELECT dir, max(version) FROM migrations GROUP BY dir")}
+        finally:
+            conn.close()
+    if cache is not None:
+        cache.write_text(json.dumps(found))
+    return found
+
+
+def newer_than_installed(versions: dict[str, int], *, cache_dir: Path | None = None) -> dict[str, tuple[int, int]]:
+    """dir -> (store's version, installed chromadb's) for every schema part the installed chromadb does not know.
+
+    chromadb itself opens (and may rewrite) a store with newer migrations without a word: this is the check.
+    """
+    known = installed_schema_versions(cache_dir)
+    return {d: (v, known.get(d, 0)) for d, v in sorted(versions.items()) if v > known.get(d, 0)}

@@ -1,0 +1,55 @@
+"""A dedicated PostgreSQL (pgserver) in a directory of its own, that tests and bench/chaos may stop and restart.
+
+Each start runs in a child process, so no handle cached by pgserver in this process outlives a stop; as root the
+server runs as the `pgserver` user, so pg_ctl is run as that user too (like migrator/embedded.py stop()).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_START = ("import sys, warnings; warnings.simplefilter('ignore'); import pgserver; "
+          "print(pgserver.get_server(sys.argv[1], cleanup_mode=None).get_uri('postgres'))")
+
+
+def bin_dir() -> Path:
+    """pgserver's PostgreSQL binaries (pg_ctl, psql ...)."""
+    import pgserver
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def start(pgdata: Path) -> str:
+    """Start (initdb on first use) the server of `pgdata`; returns the URL of its `postgres` database."""
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(pgdata.parent, 0o755)  # the pgserver user must reach its data dir when we run as root
+    out = subprocess.run([sys.executable, "-c", _START, str(pgdata)], capture_output=True, text=True, timeout=120,
+                         check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def ctl(pgdata: Path, *args: str) -> subprocess.CompletedProcess:
+    """pg_ctl -D pgdata ARGS, as the user owning the cluster."""
+    cmd = [str(bin_dir() / "pg_ctl"), "-D", str(pgdata), *args]
+    if os.geteuid() == 0:
+        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def stop(pgdata: Path) -> None:
+    """Fast shutdown: every session is terminated, as in a server restart."""
+    if (pgdata / "postmaster.pid").exists():
+        ctl(pgdata, "-m", "fast", "-w", "stop")
+
+
+def use_password_auth(pgdata: Path) -> None:
+    """Local and TCP connections need a password (scram-sha-256) from now on; the server reloads its config."""
+    (pgdata / "pg_hba.conf").write_text(
+        "local all postgres trust\n"  # the suite's own admin connections stay password-less
+        "local all all scram-sha-256\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n")
+    ctl(pgdata, "reload")
