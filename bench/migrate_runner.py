@@ -47,7 +47,7 @@ def default_command() -> list[str]:
 # Linux charges the pre-exec copy of the parent's memory to the child's ru_maxrss, which would inflate peak RSS.
 LAUNCHER = r"""
 import json, os, subprocess, sys, time
-t0 = time.perf_counter()
+t0, epoch = time.perf_counter(), time.time()
 try:
     p = subprocess.Popen(sys.argv[2:])
 except OSError as exc:
@@ -56,7 +56,8 @@ except OSError as exc:
 _, status, usage = os.wait4(p.pid, 0)
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as f:
-    json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss}, f)
+    json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss,
+               "start_epoch": epoch}, f)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
@@ -75,6 +76,7 @@ def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dic
         usage = {"exit_code": None, "seconds": 0.0, "maxrss_kb": None}
     rss = usage["maxrss_kb"] / 1024 if usage["maxrss_kb"] is not None else None
     return {"exit_code": usage["exit_code"], "seconds": usage["seconds"], "peak_rss_mb": rss,
+            "start_epoch": usage.get("start_epoch"),
             "stdout": str(out_path), "stderr": str(err_path), "ok": usage["exit_code"] == 0}
 
 
@@ -147,6 +149,22 @@ def event_windows(*paths: str) -> dict[str, dict]:
             if s.get("start_ts") is not None and s.get("end_ts") is not None}
 
 
+def event_phases(path: str, start_epoch: float | None, seconds: float) -> dict:
+    """Split the run's wall time by its progress events: before the first load, loading, finalize, after."""
+    try:
+        evs = [json.loads(x) for x in Path(path).read_text(errors="replace").splitlines() if x.startswith("{")]
+    except (OSError, ValueError):
+        return {}
+    load = [e["ts"] for e in evs if e.get("stage") == "load" and "ts" in e]
+    fin = [e["ts"] for e in evs if e.get("stage") == "finalize" and "ts" in e]
+    if not start_epoch or not load:
+        return {}
+    end_load = max(load)
+    end_fin = max(fin) if fin else end_load
+    return {"before_load_s": min(load) - start_epoch, "load_s": end_load - min(load),
+            "finalize_s": end_fin - end_load, "after_s": start_epoch + seconds - end_fin}
+
+
 async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, logs: Path) -> dict:
     """``migrate run`` while sampling table sizes; returns run_child's dict plus ``tables`` windows."""
     argv = cmd + ["run", "--data-dir", str(data_dir), "--work-dir", str(work_dir), "--target", dsn]
@@ -163,6 +181,7 @@ async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, 
     res["tables_polled"] = polled
     res["tables_events"] = events
     # The tool's own start/done events are exact; the size poll (±POLL_S) is the fallback.
+    res["phases"] = event_phases(res["stderr"], res.get("start_epoch"), res["seconds"])
     res["tables"] = {t: {**w, "source": "events"} for t, w in events.items()}
     for t, w in polled.items():
         res["tables"].setdefault(t, {**w, "source": "poll"})

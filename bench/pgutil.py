@@ -34,11 +34,11 @@ def embedded_server(log=print):
     """Start a throw-away pgserver PostgreSQL; yield its admin URI; stop it and delete its files afterwards."""
     import warnings
 
-    import pgserver  # imported lazily: not needed with --target
-
     pgdata = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # platformdirs noise without a session
+        import pgserver  # imported lazily: not needed with --target
+
         srv = pgserver.get_server(pgdata, cleanup_mode="stop")
     log(f"postgres: embedded pgserver in {pgdata}")
     try:
