@@ -79,6 +79,8 @@ def test_384_and_768_padded_and_exact_and_collisions_quarantined(target_url, tmp
     dim = query(target_url, "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'document_chunk'::regclass "
                             "AND attname = 'vector'")[0][0]
     assert dim == 1536
+    names = {r[0] for r in query(target_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'document_chunk'")}
+    assert {"idx_document_chunk_collection_name", "idx_document_chunk_text_search"} <= names  # built after the load
 
 
 def test_collection_longer_than_the_configured_length_is_refused(target_url, tmp_path):

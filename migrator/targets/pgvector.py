@@ -192,7 +192,7 @@ async def _require_type(conn: Any, spec: VectorTableSpec) -> None:
         )
 
 
-async def create_table(conn: Any, spec: VectorTableSpec) -> None:
+async def create_table(conn: Any, spec: VectorTableSpec, *, with_indexes: bool = True) -> None:
     """Create ``document_chunk`` with its collection_name and text-search indexes, if absent.
 
     The vector index is left to build_vector_index.  An existing table must match ``spec``.
@@ -214,6 +214,12 @@ async def create_table(conn: Any, spec: VectorTableSpec) -> None:
             hint="set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH / PGVECTOR_USE_HALFVEC to match the "
             "existing table, or drop it",
         )
+    if with_indexes:
+        await create_secondary_indexes(conn)
+
+
+async def create_secondary_indexes(conn: Any) -> None:
+    """The collection_name btree and the text-search GIN index, with HridaAI's names (idempotent)."""
     await conn.execute(
         f"CREATE INDEX IF NOT EXISTS {COLLECTION_INDEX} ON {TABLE} (collection_name)"
     )
