@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not a.admin_url:
             pgserver_ctl.stop(base / "pg")
+        shutil.rmtree(base, ignore_errors=True)
     print(format_summary(s))
     if a.json:
         a.json.write_text(json.dumps(s, indent=1))
