@@ -6,11 +6,15 @@ server runs as the `pgserver` user, so pg_ctl is run as that user too (like migr
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+_SHARED: dict[str, str] = {}
 _START = ("import sys, warnings; warnings.simplefilter('ignore'); import pgserver; "
           "print(pgserver.get_server(sys.argv[1], cleanup_mode=None).get_uri('postgres'))")
 
@@ -53,3 +57,13 @@ def use_password_auth(pgdata: Path) -> None:
         "host all all 127.0.0.1/32 scram-sha-256\n"
         "host all all ::1/128 scram-sha-256\n")
     ctl(pgdata, "reload")
+
+
+def shared_password_server() -> str:
+    """URL of one server per process whose roles other than postgres need a password; stopped at exit."""
+    if not _SHARED:
+        pgdata = Path(tempfile.mkdtemp(prefix="hm-pw-pg-")) / "pg"
+        _SHARED["url"] = start(pgdata)
+        use_password_auth(pgdata)
+        atexit.register(lambda: (stop(pgdata), shutil.rmtree(pgdata.parent, ignore_errors=True)))
+    return _SHARED["url"]

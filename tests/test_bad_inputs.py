@@ -8,12 +8,10 @@ bytes unchanged; the target unchanged by the command (its tables, row counts and
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -65,7 +63,7 @@ def _sqlite(path: Path, *statements: str) -> None:
     db.close()
 
 
-# --- sources ------------------------------------------------------------------------------------------------------
+# sources
 
 def no_data_dir(c: Ctx):
     c.data = c.tmp / "does-not-exist"
@@ -164,7 +162,7 @@ def sqlcipher_wrong_key(c: Ctx):
     c.env = {"DATABASE_TYPE": "sqlite+sqlcipher", "DATABASE_PASSWORD": WRONG}
 
 
-# --- targets ------------------------------------------------------------------------------------------------------
+# targets
 
 def unreachable(c: Ctx):
     _copy_small(c, vectors=False)
@@ -173,26 +171,13 @@ def unreachable(c: Ctx):
 
 def wrong_password(c: Ctx):
     _copy_small(c, vectors=False)
-    base, pgdata = _password_server()
+    from bench import pgserver_ctl
+
+    base = pgserver_ctl.shared_password_server()
     role = "hm_pw_" + uuid.uuid4().hex[:6]
     query(base, f"CREATE ROLE {role} LOGIN PASSWORD '{RIGHT}'")
     host = base.partition("?")[2]
     c.url = f"postgresql://{role}:{WRONG}@/postgres?{host}"
-
-
-_PW_SERVER: dict = {}
-
-
-def _password_server() -> tuple[str, Path]:
-    """One dedicated server per session whose pg_hba.conf asks non-postgres roles for a scram-sha-256 password."""
-    if not _PW_SERVER:
-        from bench import pgserver_ctl
-
-        pgdata = Path(tempfile.mkdtemp(prefix="hm-badinput-pg-")) / "pg"
-        url = pgserver_ctl.start(pgdata)
-        pgserver_ctl.use_password_auth(pgdata)
-        _PW_SERVER.update(url=url, pgdata=pgdata)
-    return _PW_SERVER["url"], _PW_SERVER["pgdata"]
 
 
 def no_database(c: Ctx):
@@ -254,8 +239,6 @@ def chunk_id_collisions(c: Ctx):
     make_store(c.data / "vector_db", {"file-a": (20, 8), "file-b": (20, 8)}, shared_ids=("dup-1",))
     c.command = ["plan"]
 
-
-# --- runs ---------------------------------------------------------------------------------------------------------
 
 def _start_run(c: Ctx, *, batches: int) -> subprocess.Popen:
     proc = subprocess.Popen(MIGRATE + c.args(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -401,11 +384,3 @@ def test_server_older_than_supported_is_refused():
     assert check.severity == "error" and "12.17" in check.message and "13 or newer" in check.hint
     assert not [c for c in checks.target_checks(TargetState(160004, "16.4", "public"), plan,
                                                 settings_mod.build({"policies": {}})) if c.code == "server-too-old"]
-
-
-def teardown_module(module):
-    if _PW_SERVER:
-        from bench import pgserver_ctl
-
-        pgserver_ctl.stop(_PW_SERVER["pgdata"])
-        shutil.rmtree(_PW_SERVER["pgdata"].parent, ignore_errors=True)
