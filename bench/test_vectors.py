@@ -107,14 +107,16 @@ def test_vector_timeline_from_events():
               _ev(102.0, unit="vector:a", state="start", total_rows=10),
               _ev(103.0, unit="vector:a", batch=1, rows=10), _ev(104.0, unit="vector:a", state="done", rows=10),
               _ev(104.0, unit="vector:b", state="start"), _ev(106.0, unit="vector:b", state="done", rows=30),
+              {"ts": 107.0, "stage": "finalize", "step": "vector-secondary-indexes"},
               {"ts": 109.0, "stage": "finalize", "step": "vector-index", "detail": "CREATE INDEX ..."},
               {"ts": 109.5, "stage": "finalize", "step": "indexes"},
               {"ts": 111.0, "stage": "finalize", "step": "done"}]
     t = vectors.vector_timeline(events, start_epoch=99.0, seconds=13.0)
     assert t["vectors"] == 40 and t["load_window_s"] == 4.0 and t["vectors_per_s"] == 10.0
     assert t["collections"]["b"] == {"rows": 30, "window_s": 2.0, "vectors_per_s": 15.0}
-    assert t["phases_s"] == {"before_vectors_s": 3.0, "vector_load_s": 4.0, "vector_index_s": 3.0,
-                             "rest_of_finalize_s": 2.0, "after_s": 1.0}
+    assert t["phases_s"] == {"before_vectors_s": 3.0, "vector_load_s": 4.0, "secondary_indexes_s": 1.0,
+                             "vector_index_s": 2.0, "rest_of_finalize_s": 2.0, "after_s": 1.0}
+    assert t["load_and_secondary_s"] == 5.0 and t["load_and_secondary_vectors_per_s"] == 8.0
     assert vectors.vector_timeline([], None, 1.0) == {"collections": {}}
 
 
@@ -141,9 +143,10 @@ def test_summary_with_a_migrate_run():
     base = {"chroma_read": {"vectors_per_s": 5000.0, "seconds": 0.2},
             "ceiling": {"vectors_per_s": 4000.0, "seconds": 0.25, "connections": 2}}
     run = {"ok": True, "seconds": 10.0, "peak_rss_mb": 100.0,
-           "vectors": {"vectors_per_s": 1000.0, "load_window_s": 1.0, "phases_s": {"vector_load_s": 1.0}}}
+           "vectors": {"vectors_per_s": 1000.0, "load_window_s": 1.0, "load_and_secondary_s": 2.0,
+                       "phases_s": {"vector_load_s": 1.0}}}
     ver = {"ok": True, "seconds": 4.0, "peak_rss_mb": 90.0, "report": {"recall_at_10": 0.9, "self_retrieval": {}}}
     s = vectors.summarize(manifest, base, [{"run": run, "verify": ver}])
     assert s["migrate"]["vs_ceiling"] == 0.25 and s["migrate"]["vs_chroma_read"] == 0.2
-    assert s["lines"][-1]["vectors_per_s"] == 250.0
+    assert [ln["vectors_per_s"] for ln in s["lines"][2:]] == [1000.0, 500.0, 100.0, 250.0]
     assert "recall@10 0.9" in vectors.render(s, "hdr")

@@ -117,12 +117,18 @@ def vector_timeline(events: list[dict], start_epoch: float | None, seconds: floa
     out.update({"vectors": rows, "load_window_s": last - first, "vectors_per_s": _ratio(rows, max(last - first, 1e-3))})
     idx = [e["ts"] for e in events if e.get("stage") == "finalize" and e.get("step") == "vector-index" and "ts" in e]
     fin = [e["ts"] for e in events if e.get("stage") == "finalize" and "ts" in e]
+    sec = [e["ts"] for e in events
+           if e.get("stage") == "finalize" and e.get("step") == "vector-secondary-indexes" and "ts" in e]
     idx_ts = idx[0] if idx else last
+    sec_ts = sec[0] if sec else last
     fin_ts = max(fin) if fin else idx_ts
+    # what the ceiling does (COPY into a table whose secondary indexes exist) = load + secondary index builds
+    out["load_and_secondary_s"] = sec_ts - first
+    out["load_and_secondary_vectors_per_s"] = _ratio(rows, max(sec_ts - first, 1e-3))
     if start_epoch:
         out["phases_s"] = {"before_vectors_s": first - start_epoch, "vector_load_s": last - first,
-                           "vector_index_s": idx_ts - last, "rest_of_finalize_s": fin_ts - idx_ts,
-                           "after_s": start_epoch + seconds - fin_ts}
+                           "secondary_indexes_s": sec_ts - last, "vector_index_s": idx_ts - sec_ts,
+                           "rest_of_finalize_s": fin_ts - idx_ts, "after_s": start_epoch + seconds - fin_ts}
     out["vector_index"] = next((e.get("detail") for e in events if e.get("step") == "vector-index"), None)
     return out
 
@@ -241,11 +247,15 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
     if ok:
         line("migrate run: vector load window", load_rate,
              _median([r["run"]["vectors"].get("load_window_s") for r in ok]), "read+convert+COPY, from its events")
+        both_s = _median([r["run"]["vectors"].get("load_and_secondary_s") for r in ok])
+        line("migrate run: load + secondary indexes", _ratio(n, both_s), both_s,
+             "what the ceiling does: COPY with the btree/GIN indexes in place")
         line("migrate run: whole wall time", _ratio(n, run_s), run_s, "snapshot, plan, load, index, analyze")
     if ver:
         line("migrate verify: wall time", _ratio(n, ver_s), ver_s)
     phases = {k: _median([r["run"]["vectors"].get("phases_s", {}).get(k) for r in ok])
-              for k in ("before_vectors_s", "vector_load_s", "vector_index_s", "rest_of_finalize_s", "after_s")}
+              for k in ("before_vectors_s", "vector_load_s", "secondary_indexes_s", "vector_index_s",
+                      "rest_of_finalize_s", "after_s")}
     return {"vectors": n, "collections": len(manifest["collections"]), "lines": lines,
             "migrate": {"runs": len(runs), "succeeded": len(ok), "run_seconds": run_s,
                         "vector_load_vectors_per_s": load_rate, "phases_s": phases,
@@ -285,7 +295,9 @@ def render(summary: dict, header: str) -> str:
                 f"{len(m['verify_ok'])}, recall@10 {m['recall_at_10']}, self-retrieval {m['self_retrieval']}"]
     out += ["",
             "÷ceiling / ÷chroma read: rate of the line divided by the (first) ceiling's / the chromadb read's.",
-            "The vector load window runs from migrate's first `vector:` unit start event to its last done event."]
+            "The vector load window runs from migrate's first `vector:` unit start event to its last done event;",
+            "migrate builds the btree/GIN indexes after it (the ceiling COPYs with them in place), then the vector",
+            "index, which the ceiling does not build at all."]
     return "\n".join(out)
 
 

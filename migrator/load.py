@@ -90,8 +90,8 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
                              hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
     finally:
         for c in workers:
-            await _close(c)
-        await _close(conn)
+            await pgt.close_quietly(c)
+        await pgt.close_quietly(conn)
 
 
 async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: Snapshot, progress: Progress,
@@ -163,7 +163,7 @@ async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot
         if not stop.requested:
             await ledger.finish_run(vconn, run["run_id"])
     finally:
-        await _close(vconn)
+        await pgt.close_quietly(vconn)
 
 
 async def _lock(conn: asyncpg.Connection, what: str) -> None:
@@ -178,13 +178,6 @@ async def _lock(conn: asyncpg.Connection, what: str) -> None:
                                 "WHERE application_name = 'hridaai-migrate'",
                          hint="wait for it to finish (watch it with `migrate status`), then run `migrate run "
                               "--resume`; never run two migrations into one target at once")
-
-
-async def _close(conn: asyncpg.Connection) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), 5)
-    except Exception:  # the connection may already be gone; nothing to release
-        conn.terminate()
 
 
 async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool,

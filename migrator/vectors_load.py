@@ -6,16 +6,18 @@ row always commit together; units are named `vector:<collection>` and resume fro
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from migrator import ledger, vectors_source
-from migrator.errors import PreflightError
+from migrator.errors import PreflightError, TransientError
 from migrator.plan_model import Plan
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
-from migrator.sources import chroma
 from migrator.targets import pgvector as pgv
+from migrator.targets import postgres as pgt
 from migrator.vectors_plan import spec_of
 
 BATCH = 1000
@@ -29,21 +31,25 @@ def unit_of(collection: str) -> str:
 
 async def execute(conn: asyncpg.Connection, settings: Settings, plan: Plan, snapshot: Snapshot, *,
                   progress: Progress, stop) -> None:
-    """Load every collection of plan.vectors through `conn` (a connection to the pgvector database)."""
+    """Load every collection of plan.vectors: `conn` (to the pgvector database) makes the table and builds the
+    indexes; the collections, biggest first, go over `--jobs` connections of their own."""
     if not plan.vectors:
         return
     spec = spec_of(settings)
-    client = vectors_source.client(settings, snapshot)
     steps = await ledger.steps(conn)
     if "vector-schema" not in steps:
         await _prepare(conn, plan, spec, snapshot)
     units = {u["unit"]: u for u in await ledger.units(conn)}
-    for info in plan.vectors["collections"]:
-        if stop.requested:
-            return
-        if info["count"] and not units.get(unit_of(info["name"]), {}).get("done"):
-            await _collection(conn, client, info, plan.vectors["collisions"].get(info["name"], {}), spec,
-                              snapshot, progress, stop)
+    todo = sorted((c for c in plan.vectors["collections"]
+                   if c["count"] and not units.get(unit_of(c["name"]), {}).get("done")),
+                  key=lambda c: (-c["count"], c["name"]))
+    if todo:
+        source = vectors_source.batches(settings, snapshot)
+        try:
+            await _load_collections(settings, todo, plan.vectors["collisions"], spec, source, snapshot, progress,
+                                    stop)
+        finally:
+            source.close()
     if stop.requested:
         return
     if "vector-index" not in steps:
@@ -51,9 +57,45 @@ async def execute(conn: asyncpg.Connection, settings: Settings, plan: Plan, snap
         await conn.execute("SET maintenance_work_mem = '512MB'")
         await conn.execute("SET search_path TO public")
         await pgv.create_secondary_indexes(conn)
+        progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
         result = await pgv.build_vector_index(conn, spec, min_rows=min_rows)
         await ledger.step_done(conn, "vector-index", snapshot.snapshot_id, result.detail)
         progress.event("finalize", step="vector-index", detail=result.detail)
+
+
+async def _load_collections(settings: Settings, todo: list[dict], collisions: dict, spec, source, snapshot: Snapshot,
+                            progress: Progress, stop) -> None:
+    """Each worker connection takes the next collection until none is left."""
+    url = settings.pgvector_url or settings.target_url
+    workers = [await pgt.connect(url, bulk=True) for _ in range(min(max(1, settings.jobs), len(todo)))]
+    queue = list(todo)
+
+    async def work(wconn) -> None:
+        await pgv.register_encoded(wconn)
+        while queue and not stop.requested:
+            info = queue.pop(0)
+            try:
+                await _collection(wconn, source, info, collisions.get(info["name"], {}), spec, snapshot, progress,
+                                  stop)
+            except Exception as exc:
+                if wconn.is_closed():
+                    raise TransientError("lost the connection to the pgvector target during the load",
+                                         detail=f"{exc.__class__.__name__}: {exc}",
+                                         hint="everything committed is in the ledger; `migrate run --resume` "
+                                              "continues") from exc
+                raise
+
+    tasks = [asyncio.create_task(work(c)) for c in workers]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        for c in workers:
+            await pgt.close_quietly(c)
 
 
 async def _prepare(conn, plan: Plan, spec, snapshot: Snapshot) -> None:
@@ -71,55 +113,72 @@ async def _prepare(conn, plan: Plan, spec, snapshot: Snapshot) -> None:
                                                    "and grants CREATE on the database/schema") from None
 
 
-async def _collection(conn, client, info: dict, collisions: dict, spec, snapshot: Snapshot, progress: Progress,
+async def _collection(conn, source, info: dict, collisions: dict, spec, snapshot: Snapshot, progress: Progress,
                       stop) -> None:
+    """One collection from its last committed ordinal; the next batch is read and converted (a thread) while the
+    current one is copied."""
     name, unit = info["name"], unit_of(info["name"])
     done = (await ledger.progress(conn)).get(unit)
     start = done.last_key if done else 0
     batch_no = done.batches if done else 0
     progress.start(unit, rows=info["count"], nbytes=0)
-    for batch in chroma.iter_batches_client(client, name, batch_size=BATCH, start=start):
-        batch_no += 1
-        rows, quarantine, fixups = _convert(name, batch.chunks, collisions, spec)
-        async with conn.transaction():
-            if rows:
-                await pgv.copy_chunks(conn, rows, spec=spec)
-            await ledger.record_batch(conn, unit=unit, batch_no=batch_no, snapshot_id=snapshot.snapshot_id,
-                                      first_key=batch.start, last_key=batch.end, rows=len(rows),
-                                      nbytes=sum(len(r[3] or "") for r in rows), quarantine=quarantine,
-                                      fixups=fixups)
-        progress.advance(unit, rows=len(batch.chunks), nbytes=0, batch=batch_no)
-        if stop.requested:
-            return
+    batches = source.open(name, start=start, batch_size=BATCH)
+
+    def produce():
+        batch = next(batches, None)
+        return None if batch is None else (batch, _convert(name, batch.chunks, collisions, spec))
+
+    pending = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while (item := await pending) is not None:
+            batch, (records, quarantine, fixups) = item
+            pending = asyncio.ensure_future(asyncio.to_thread(produce))
+            batch_no += 1
+            async with conn.transaction():
+                await pgv.copy_encoded(conn, records)
+                await ledger.record_batch(conn, unit=unit, batch_no=batch_no, snapshot_id=snapshot.snapshot_id,
+                                          first_key=batch.start, last_key=batch.end, rows=len(records),
+                                          nbytes=sum(len(r[3] or "") for r in records), quarantine=quarantine,
+                                          fixups=fixups)
+            progress.advance(unit, rows=len(batch.chunks), nbytes=0, batch=batch_no)
+            if stop.requested:
+                return
+    finally:
+        await asyncio.gather(pending, return_exceptions=True)  # a thread cannot be cancelled: let it finish
+        batches.close()
     await ledger.mark_unit_done(conn, unit)
     progress.finish(unit)
 
 
 def _convert(name: str, chunks, collisions: dict, spec) -> tuple[list, list, list]:
-    rows, quarantine, fixups = [], [], []
+    """COPY records (vectors encoded per batch), quarantine rows and fixups of one batch."""
+    quarantine, fixups, keep = [], [], []
     for c in chunks:
-        key = ledger.dumps([c.id])
-        raw = _RawJson(c)  # serialised only if the chunk is quarantined (most never are)
         if c.id in collisions:
-            quarantine.append((key, f"chunk id also in collection {collisions[c.id]}", "chunk_id_collision",
-                               "id", str(raw)))
-            continue
-        if c.embedding is None:
-            quarantine.append((key, "no vector in the Chroma store for this chunk", "missing_vector", "vector", str(raw)))
-            continue
-        try:
-            vec = pgv.pad(c.embedding, spec.dimension)
-        except ValueError as exc:
-            quarantine.append((key, str(exc), "vector_invalid", "vector", str(raw)))
+            quarantine.append((_key(c), f"chunk id also in collection {collisions[c.id]}", "chunk_id_collision",
+                               "id", str(_RawJson(c))))
+        elif c.embedding is None:
+            quarantine.append((_key(c), "no vector in the Chroma store for this chunk", "missing_vector", "vector",
+                               str(_RawJson(c))))
+        else:
+            keep.append(c)
+    records = []
+    for c, vec in zip(keep, pgv.encode_vectors([c.embedding for c in keep], spec)):
+        if isinstance(vec, str):
+            quarantine.append((_key(c), vec, "vector_invalid", "vector", str(_RawJson(c))))
             continue
         text, text_changed = pgv.clean_text(c.document)
         meta, meta_changed = pgv.to_vmetadata(c.metadata)
         if text_changed:
-            fixups.append((key, "text", "nul_in_text", "strip", ledger.dumps(c.document)))
+            fixups.append((_key(c), "text", "nul_in_text", "strip", ledger.dumps(c.document)))
         if meta_changed:
-            fixups.append((key, "vmetadata", "nul_in_text", "strip", ledger.dumps(c.metadata)))
-        rows.append((c.id, vec, name, text, meta))
-    return rows, quarantine, fixups
+            fixups.append((_key(c), "vmetadata", "nul_in_text", "strip", ledger.dumps(c.metadata)))
+        records.append((c.id, vec, name, text, meta))
+    return records, quarantine, fixups
+
+
+def _key(chunk) -> str:
+    return ledger.dumps([chunk.id])
 
 
 class _RawJson:

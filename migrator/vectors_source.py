@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,25 @@ def client(settings: Settings, snapshot: Snapshot) -> Any | None:
     if snapshot.vector_path is None:
         return None
     return chroma.open_client(_scratch(settings.work_dir, snapshot))
+
+
+class BatchSource:
+    """Where the load reads each collection's batches from (chromadb's own `get` pages)."""
+
+    def __init__(self, client_: Any) -> None:
+        self.client = client_
+
+    def open(self, collection: str, *, start: int, batch_size: int) -> Iterator[chroma.Batch]:
+        """The collection's batches from ordinal `start` (a generator: close() it when stopping early)."""
+        return chroma.iter_batches_client(self.client, collection, batch_size=batch_size, start=start)
+
+    def close(self) -> None:
+        """Release what the source holds (nothing for a chromadb client: it is cached per store)."""
+
+
+def batches(settings: Settings, snapshot: Snapshot) -> BatchSource:
+    """The batch source of the load; the caller closes it."""
+    return BatchSource(client(settings, snapshot))
 
 
 def kind(settings: Settings, snapshot: Snapshot) -> str | None:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import struct
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ def clean_text(value: str | None) -> tuple[str | None, bool]:
     """Strip NUL and lone surrogates (PostgreSQL text/jsonb cannot hold them); say if it changed."""
     if value is None:
         return None, False
+    if "\x00" not in value and (value.isascii() or _SURROGATES.search(value) is None):
+        return value, False  # the common case: one C scan, no copy
     cleaned = _SURROGATES.sub("", value.replace("\x00", ""))
     return cleaned, cleaned != value
 
@@ -339,6 +342,56 @@ def _record(row: Sequence[Any], spec: VectorTableSpec) -> tuple[tuple[Any, ...],
     text, changed = clean_text(text)
     value = None if vec is None else _vector_value(vec, spec)
     return (chunk_id, value, collection_name, text, vmetadata), changed
+
+
+async def register_encoded(conn: Any) -> None:
+    """Make `conn` take vector/halfvec values already in pgvector's binary form (see encode_vectors)."""
+    for name in ("vector", "halfvec"):
+        try:
+            await conn.set_type_codec(name, schema="public", encoder=bytes, decoder=bytes, format="binary")
+        except ValueError as exc:  # halfvec: pgvector < 0.7
+            if not str(exc).startswith("unknown type"):
+                raise
+
+
+def encode_vectors(embeddings: Sequence[np.ndarray], spec: VectorTableSpec) -> list[bytes | str]:
+    """pgvector binary values of a batch, zero-padded to the table dimension like pad(), in one numpy pass per
+    vector length; in place of a vector that cannot be stored, the reason (a str), as pad() words it."""
+    out: list[bytes | str] = [""] * len(embeddings)
+    by_length: dict[int, list[int]] = {}
+    for i, emb in enumerate(embeddings):
+        by_length.setdefault(int(emb.shape[0]), []).append(i)
+    dim, dtype, width = spec.dimension, (">f2" if spec.halfvec else ">f4"), (2 if spec.halfvec else 4)
+    head = np.frombuffer(struct.pack(">HH", dim, 0), dtype=np.uint8)
+    for length, rows in by_length.items():
+        if length > dim:
+            for i in rows:
+                out[i] = (f"vector has {length} dimensions, table has {dim}: set "
+                          f"PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least {length}")
+            continue
+        src = np.stack([np.asarray(embeddings[i], dtype=np.float32).reshape(-1) for i in rows])
+        finite = np.isfinite(src).all(axis=1)
+        with np.errstate(over="ignore"):
+            values = src.astype(dtype)
+        fits = np.isfinite(values).all(axis=1)
+        buf = np.zeros((len(rows), 4 + width * dim), dtype=np.uint8)
+        buf[:, :4] = head
+        buf[:, 4:4 + width * length] = values.view(np.uint8).reshape(len(rows), width * length)
+        for k, i in enumerate(rows):
+            if not finite[k]:
+                out[i] = "vector holds NaN or infinity, which pgvector rejects"
+            elif not fits[k]:
+                out[i] = "vector value exceeds halfvec range (|x| > 65504)"
+            else:
+                out[i] = buf[k].tobytes()
+    return out
+
+
+async def copy_encoded(conn: Any, records: list[tuple]) -> None:
+    """COPY records of (id, encoded vector, collection_name, text, vmetadata) made with encode_vectors and
+    clean_text/to_vmetadata, through a connection set up with register_encoded."""
+    if records:
+        await conn.copy_records_to_table(TABLE, records=records, columns=list(COLUMNS))
 
 
 async def copy_chunks(

@@ -167,3 +167,11 @@ async def reset_sequences(conn: asyncpg.Connection, sequences: list[dict], schem
         await conn.execute("SELECT setval($1::regclass, $2, $3)", f"{qi(schema)}.{qi(s['name'])}", value, called)
         done.append({"sequence": s["name"], "value": value, "is_called": called})
     return done
+
+
+async def close_quietly(conn: asyncpg.Connection) -> None:
+    """Close, waiting at most 5 s; a connection already gone is simply dropped."""
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except Exception:  # the connection may already be gone; nothing to release
+        conn.terminate()
