@@ -120,7 +120,8 @@ def table_windows(samples: list[tuple[float, dict]], t_start: float) -> dict[str
 
 
 def event_windows(*paths: str) -> dict[str, dict]:
-    """Per-table load windows from the tool's JSON-lines progress events, when it emits them.
+    """Per-table load windows from the tool's JSON-lines progress events, when it emits them (a table loaded in
+    parts: first part's start to last part's done).
 
     Uses ``{"stage": "load", "unit": T, "state": "start"|"done", "ts": epoch}`` lines (``migrate run`` writes them to
     stderr when that is not a terminal); returns {} when there are none.
@@ -140,7 +141,7 @@ def event_windows(*paths: str) -> dict[str, dict]:
                 continue
             if ev.get("stage") != "load" or "unit" not in ev or ev.get("state") not in ("start", "done"):
                 continue
-            span = spans.setdefault(ev["unit"], {})
+            span = spans.setdefault(ev["unit"].split("#", 1)[0], {})  # parts of a table: `<table>#<k>`
             if ev["state"] == "start":
                 span.setdefault("start_ts", ev.get("ts"))
             else:

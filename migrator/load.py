@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger, vectors_load
+from migrator import ledger, load_parts, vectors_load
 from migrator.errors import PreflightError, TransientError
 from migrator.load_batch import BatchWriter
 from migrator.plan_model import Plan, TablePlan
@@ -70,10 +70,12 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
     workers: list[asyncpg.Connection] = []
     try:
         await _lock(conn, "this target")
-        run, resumed = await _begin(conn, settings, plan, snapshot, resume=resume, progress=progress)
+        loaded = [t for t in plan.tables if t.action in ("load", "quarantine") and t.rows]
+        parts = await asyncio.to_thread(load_parts.split_all, snapshot.db_path, loaded)
+        run, resumed = await _begin(conn, settings, plan, snapshot, parts, resume=resume, progress=progress)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
         workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(1, settings.jobs))]
-        await _load_tables(workers, settings, plan, snapshot, progress, stop)
+        await _load_tables(workers, settings, plan, snapshot, parts, progress, stop)
         if not stop.requested and plan.vectors:
             progress.event("vectors", state="start")
             await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
@@ -94,23 +96,25 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
         await pgt.close_quietly(conn)
 
 
-async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: Snapshot, progress: Progress,
-                       stop: StopFlag) -> None:
-    """Tables in parallel over the worker connections; a table starts once every parent it references is loaded."""
+async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: Snapshot,
+                       parts: dict[str, list[load_parts.Part]], progress: Progress, stop: StopFlag) -> None:
+    """Table parts in parallel over the worker connections; a table's parts start once every parent table it
+    references is loaded (all its parts)."""
     spec = {t.name: t for t in plan.tables}
-    todo = sorted((t for t in plan.tables if t.action in ("load", "quarantine") and t.rows),
-                  key=lambda t: (t.order, -t.bytes, t.name))
-    waiting = {t.name: {fk["ref_table"] for fk in t.fks} & {x.name for x in todo} for t in todo}
+    tables = sorted((spec[name] for name in parts), key=lambda t: (t.order, -t.bytes, t.name))
+    todo = [p for t in tables for p in parts[t.name]]
+    waiting = {t.name: {fk["ref_table"] for fk in t.fks} & set(parts) for t in tables}
+    left = {name: len(ps) for name, ps in parts.items()}
     done: set[str] = set()
     running = [0]
     ready = asyncio.Condition()
 
-    async def next_table() -> TablePlan | None:
+    async def next_part() -> load_parts.Part | None:
         async with ready:
             while True:
                 if stop.requested or not todo:
                     return None
-                pick = next((t for t in todo if waiting[t.name] <= done), None)
+                pick = next((p for p in todo if waiting[p.table] - {p.table} <= done), None)
                 if pick is None and not running[0]:
                     pick = todo[0]  # a cycle between tables: go on; per-batch FK checks quarantine true orphans
                 if pick is not None:
@@ -120,14 +124,16 @@ async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: 
                 await ready.wait()
 
     async def work(wconn) -> None:
-        while (table := await next_table()) is not None:
+        while (part := await next_part()) is not None:
             try:
-                await _load_table(wconn, settings, plan, table, spec, snapshot, progress, stop)
+                await _load_part(wconn, settings, plan, spec[part.table], part, spec, snapshot, progress, stop)
             finally:
                 async with ready:
                     running[0] -= 1
                     if not stop.requested:
-                        done.add(table.name)
+                        left[part.table] -= 1
+                        if not left[part.table]:
+                            done.add(part.table)
                     ready.notify_all()
 
     tasks = [asyncio.create_task(work(c)) for c in workers]
@@ -180,8 +186,8 @@ async def _lock(conn: asyncpg.Connection, what: str) -> None:
                               "--resume`; never run two migrations into one target at once")
 
 
-async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, resume: bool,
-                 progress: Progress) -> tuple[dict, bool]:
+async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, parts: dict[str, list[load_parts.Part]],
+                 *, resume: bool, progress: Progress) -> tuple[dict, bool]:
     """Continue the recorded run, or create schema + ledger + run in one transaction."""
     run = await ledger.current_run(conn)
     if run is not None:
@@ -208,7 +214,9 @@ async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, *, re
     async with conn.transaction():
         await ledger.ensure(conn)
         await _prepare_schema(conn, settings, plan, mode)
-        units = [(t.name, "table", t.rows, t.bytes) for t in plan.tables if t.action in ("load", "quarantine")]
+        units = [(p.unit, "table", p.rows, p.bytes) for ps in parts.values() for p in ps]
+        units += [(t.name, "table", 0, 0) for t in plan.tables
+                  if t.action in ("load", "quarantine") and t.name not in parts]
         await ledger.start_run(conn, run_id=run_id, snapshot_id=snapshot.snapshot_id, mode=mode,
                                revision=plan.source_revision, units=units)
         await ledger.step_done(conn, "schema", snapshot.snapshot_id, mode)
@@ -232,19 +240,21 @@ async def _prepare_schema(conn, settings: Settings, plan: Plan, mode: str) -> No
         await conn.execute(f"DELETE FROM {schema}.config")  # HridaAI's first-start seed rows
 
 
-async def _load_table(conn, settings: Settings, plan: Plan, table: TablePlan, spec: dict, snapshot: Snapshot,
-                      progress: Progress, stop: StopFlag) -> None:
-    done = (await ledger.progress(conn)).get(table.name)
+async def _load_part(conn, settings: Settings, plan: Plan, table: TablePlan, part: load_parts.Part, spec: dict,
+                     snapshot: Snapshot, progress: Progress, stop: StopFlag) -> None:
+    unit = part.unit
+    done = (await ledger.progress(conn)).get(unit)
     units = {u["unit"]: u for u in await ledger.units(conn)}
-    if units.get(table.name, {}).get("done"):
+    if units.get(unit, {}).get("done"):
         return
-    progress.start(table.name, rows=table.rows, nbytes=table.bytes)
+    progress.start(unit, rows=part.rows, nbytes=part.bytes)
     if done:
-        progress.advance(table.name, rows=done.rows + done.quarantined, nbytes=0, batch=done.batches)
-    writer = BatchWriter(conn, settings=settings, plan=plan, table=table, spec=spec, snapshot_id=snapshot.snapshot_id)
+        progress.advance(unit, rows=done.rows + done.quarantined, nbytes=0, batch=done.batches)
+    writer = BatchWriter(conn, settings=settings, plan=plan, table=table, unit=unit, spec=spec,
+                         snapshot_id=snapshot.snapshot_id)
     batch_no = done.batches if done else 0
-    after = done.last_key if done else -(2 ** 63)
-    reader = Reader(snapshot, table, plan.policies, after=after)
+    after = done.last_key if done else part.after
+    reader = Reader(snapshot, table, plan.policies, after=after, until=part.until)
     try:
         while True:
             item = await asyncio.to_thread(reader.next)
@@ -252,13 +262,13 @@ async def _load_table(conn, settings: Settings, plan: Plan, table: TablePlan, sp
                 break
             batch_no += 1
             await writer.write(batch_no, item)
-            progress.advance(table.name, rows=len(item.raws), nbytes=item.nbytes, batch=batch_no)
+            progress.advance(unit, rows=len(item.raws), nbytes=item.nbytes, batch=batch_no)
             if stop.requested:
                 return
     finally:
         reader.close()
-    await ledger.mark_unit_done(conn, table.name)
-    progress.finish(table.name)
+    await ledger.mark_unit_done(conn, unit)
+    progress.finish(unit)
 
 
 async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
@@ -301,8 +311,13 @@ async def _live_sequences(conn, schema: str) -> list[dict]:
 
 
 async def _summarise(conn, report: LoadReport) -> LoadReport:
-    for unit, p in (await ledger.progress(conn)).items():
-        fix = await conn.fetchval(f"SELECT count(*) FROM {ledger.S}.fixup WHERE unit = $1", unit)
-        report.tables[unit] = {"rows": p.rows, "quarantined": p.quarantined, "fixups": fix, "batches": p.batches}
+    fixups = {r[0]: r[1] for r in await conn.fetch(f"SELECT unit, count(*) FROM {ledger.S}.fixup GROUP BY unit")}
+    for unit, p in sorted((await ledger.progress(conn)).items()):
+        t = report.tables.setdefault(load_parts.table_of(unit), {"rows": 0, "quarantined": 0, "fixups": 0,
+                                                                 "batches": 0})
+        t["rows"] += p.rows
+        t["quarantined"] += p.quarantined
+        t["fixups"] += fixups.get(unit, 0)
+        t["batches"] += p.batches
     report.steps = await ledger.steps(conn)
     return report

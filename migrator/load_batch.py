@@ -21,9 +21,10 @@ REJECTED_BY_SERVER = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationErr
 class BatchWriter:
     """Commits batches of one table, each with its ledger row, quarantined rows and fixups."""
 
-    def __init__(self, conn: asyncpg.Connection, *, settings: Settings, plan: Plan, table: TablePlan, spec: dict,
-                 snapshot_id: str):
+    def __init__(self, conn: asyncpg.Connection, *, settings: Settings, plan: Plan, table: TablePlan, unit: str,
+                 spec: dict, snapshot_id: str):
         self.conn = conn
+        self.unit = unit
         self.settings = settings
         self.plan = plan
         self.table = table
@@ -47,7 +48,7 @@ class BatchWriter:
                 await self._copy(rows, keys, raws, quarantine, fixups)
             gone = {q[0] for q in quarantine}  # a quarantined row keeps its original values: no fixups for it
             fixups = [f for f in fixups if f[0] not in gone]
-            await ledger.record_batch(self.conn, unit=self.table.name, batch_no=batch_no,
+            await ledger.record_batch(self.conn, unit=self.unit, batch_no=batch_no,
                                       snapshot_id=self.snapshot_id, first_key=item.first_key, last_key=item.last_key,
                                       rows=len(item.raws) - len(quarantine), nbytes=item.nbytes,
                                       quarantine=quarantine, fixups=fixups)

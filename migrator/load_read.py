@@ -24,11 +24,12 @@ class ReadBatch:
 class Reader:
     """Reads and converts batches in a thread, one batch ahead of the writer (bounded: queue of 1)."""
 
-    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int):
+    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int, until: int = 2 ** 63 - 1):
         self.table = table
         self.conv = TableConverter(table, policies) if table.action == "load" else None
         self.columns = [c.name for c in table.columns if c.source_type is not None]
         self.after = after
+        self.until = until
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(snapshot,), daemon=True)
@@ -51,8 +52,8 @@ class Reader:
     def _read(self, conn, order: list[int] | None) -> ReadBatch | None:
         t = self.table
         if order is None:
-            raws, last = src.read_batch(conn, t.name, self.columns, after=self.after, max_rows=t.batch_rows,
-                                        max_bytes=t.batch_bytes)
+            raws, last = src.read_batch(conn, t.name, self.columns, after=self.after, until=self.until,
+                                        max_rows=t.batch_rows, max_bytes=t.batch_bytes)
             first = raws[0][0] if raws else None
         else:
             start = max(self.after, 0)

@@ -17,6 +17,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,8 +107,14 @@ def take(settings: Settings) -> Snapshot:
 
 
 def _copy_into(tmp: Path, source: Path, settings: Settings) -> Snapshot:
-    _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
-    vector = _copy_vector_store(settings.vector_store, tmp / VECTOR_DIR)
+    """The database and the vector store are copied at the same time (both wait on I/O and SQLite, not Python)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        vector_job = pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR)
+        try:
+            _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
+        finally:
+            wait([vector_job])  # never leave a copy running into a directory the caller may remove
+        vector = vector_job.result()
     snap = _describe(tmp, source, vector)
     _write_json(tmp / MANIFEST, snap.asdict())
     return snap
@@ -234,13 +241,16 @@ def private_tree(root: Path) -> None:
 
 
 def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:
-    conn = src.connect(directory / DB_NAME, immutable=True)
-    try:
-        counts = {t: src.count(conn, t) for t in src.tables(conn)}
-        revision = src.revision(conn)
-    finally:
-        conn.close()
-    files = [_file_entry(directory, p) for p in sorted(directory.rglob("*")) if p.is_file()]
+    paths = sorted(p for p in directory.rglob("*") if p.is_file())
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashing (GIL released) overlaps the row counts
+        hashed = pool.map(lambda p: _file_entry(directory, p), paths)
+        conn = src.connect(directory / DB_NAME, immutable=True)
+        try:
+            counts = {t: src.count(conn, t) for t in src.tables(conn)}
+            revision = src.revision(conn)
+        finally:
+            conn.close()
+        files = list(hashed)
     digest = hashlib.sha256("\n".join(f"{f['path']}:{f['sha256']}" for f in files).encode()).hexdigest()
     if vector is not None:
         from migrator.sources import chroma_files

@@ -36,8 +36,13 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
     if kind == "snapshot" and _newer_store(snapshot, plan):
         return  # never open a store the installed chromadb does not understand
     try:
-        client = vectors_source.client(settings, snapshot)
-        infos = chroma.describe_client(client, scan=scan)
+        found = None if scan or kind != "snapshot" else vectors_source.describe_files(snapshot)
+        if found is not None:
+            infos, ids_of = found
+        else:
+            client = vectors_source.client(settings, snapshot)
+            infos = chroma.describe_client(client, scan=scan)
+            ids_of = lambda info: vectors_source.ids(client, info.name)  # noqa: E731
     except WorkDirError:
         raise
     except MigrationError as exc:
@@ -55,7 +60,7 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
                                  "text and metadata encrypted with pgp_sym_encrypt, which this version does not write",
                                  hint="migrate with PGVECTOR_PGCRYPTO unset into a database HridaAI uses without "
                                       "pgcrypto, or re-index the files in HridaAI after switching"))
-    collisions = _collisions(client, [i.name for i in infos])
+    collisions = _collisions(infos, ids_of)
     plan.vectors = {"source": kind, "target": mask_dsn(settings.pgvector_url), "spec": spec.__dict__,
                     "collections": [i.__dict__ for i in infos], "collisions": collisions,
                     "summary": _summary(infos, spec)}
@@ -79,16 +84,16 @@ def _newer_store(snapshot: Snapshot, plan: Plan) -> bool:
     return bool(newer)
 
 
-def _collisions(client, names: list[str]) -> dict[str, dict[str, str]]:
+def _collisions(infos, ids_of) -> dict[str, dict[str, str]]:
     """collection -> {chunk id -> first collection holding it}: the later occurrences (document_chunk.id is global)."""
     first: dict[str, str] = {}
     later: dict[str, dict[str, str]] = defaultdict(dict)
-    for name in names:
-        for chunk_id in vectors_source.ids(client, name):
+    for info in infos:
+        for chunk_id in ids_of(info):
             if chunk_id in first:
-                later[name][chunk_id] = first[chunk_id]
+                later[info.name][chunk_id] = first[chunk_id]
             else:
-                first[chunk_id] = name
+                first[chunk_id] = info.name
     return dict(later)
 
 

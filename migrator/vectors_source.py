@@ -7,16 +7,20 @@ opens WORK_DIR/chroma-read, a copy of the snapshot's vector_db made once per sna
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from migrator.errors import work_dir_error
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot, private_tree
-from migrator.sources import chroma
+from migrator.sources import chroma, chroma_catalog, chroma_direct
+
+log = logging.getLogger(__name__)
 
 SCRATCH = "chroma-read"
 MARKER = ".snapshot-id"
@@ -34,22 +38,93 @@ def client(settings: Settings, snapshot: Snapshot) -> Any | None:
 
 
 class BatchSource:
-    """Where the load reads each collection's batches from (chromadb's own `get` pages)."""
+    """Where the load reads each collection's batches from: the snapshot's own files (chroma_direct) when that
+    reader knows the store and the collection, else chromadb's `get` pages. Both yield the same chunks in the same
+    order (tests/test_chroma_direct.py), so a resume may switch between them."""
 
-    def __init__(self, client_: Any) -> None:
-        self.client = client_
+    def __init__(self, settings: Settings, snapshot: Snapshot) -> None:
+        self._settings, self._snapshot = settings, snapshot
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self.read_by: dict[str, str] = {}
+
+    def client(self) -> Any:
+        """The chromadb client, made (and the scratch copy taken) on first use only."""
+        with self._lock:
+            if self._client is None:
+                self._client = client(self._settings, self._snapshot)
+            return self._client
 
     def open(self, collection: str, *, start: int, batch_size: int) -> Iterator[chroma.Batch]:
         """The collection's batches from ordinal `start` (a generator: close() it when stopping early)."""
-        return chroma.iter_batches_client(self.client, collection, batch_size=batch_size, start=start)
+        store = None
+        if kind(self._settings, self._snapshot) == "snapshot" and not self._settings.chroma_http_host:
+            store = chroma_direct.open_store(self._snapshot.vector_path)
+        if store is None:
+            self.read_by[collection] = "chromadb"
+            return chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=start)
+        return self._direct(store, collection, start, batch_size)
+
+    def _direct(self, store, collection: str, start: int, batch_size: int) -> Iterator[chroma.Batch]:
+        """Batches from the files; from chromadb when the reader refuses the collection or meets a value it
+        does not know (from that batch on)."""
+        try:
+            reader = store.reader(collection, fallback_col=_LazyCollection(self, collection))
+            if reader is None:
+                self.read_by[collection] = "chromadb"
+                yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=start)
+                return
+            self.read_by[collection] = "files" if not reader.fallback_count else "files+chromadb"
+            position = start
+            try:
+                for batch in reader.iter_batches(batch_size=batch_size, start=start):
+                    yield batch
+                    position = batch.end
+            except chroma_direct.UnexpectedValue as exc:
+                log.warning("collection %s: %s; reading on with chromadb from ordinal %d", collection, exc, position)
+                self.read_by[collection] = "files, then chromadb"
+                yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size,
+                                                      start=position)
+        finally:
+            store.close()
 
     def close(self) -> None:
-        """Release what the source holds (nothing for a chromadb client: it is cached per store)."""
+        """Nothing to release: direct stores close with their generator, the chromadb client is cached."""
+
+
+class _LazyCollection:
+    """The chromadb collection for the vectors the files do not hold, opened on the first `get` only."""
+
+    def __init__(self, source: BatchSource, name: str) -> None:
+        self._source, self.name = source, name
+        self._col: Any = None
+
+    def get(self, **kwargs: Any) -> Any:
+        """chromadb's Collection.get."""
+        if self._col is None:
+            self._col = self._source.client().get_collection(name=self.name, embedding_function=None)
+        return self._col.get(**kwargs)
 
 
 def batches(settings: Settings, snapshot: Snapshot) -> BatchSource:
     """The batch source of the load; the caller closes it."""
-    return BatchSource(client(settings, snapshot))
+    return BatchSource(settings, snapshot)
+
+
+def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]]] | None:
+    """(collections, ids of a collection) read from the snapshot's Chroma files, as chromadb's
+    describe_client(scan=False) and get pages give them; None when chroma_direct does not know the store."""
+    store = chroma_direct.open_store(snapshot.vector_path) if snapshot.vector_path is not None else None
+    if store is None:
+        return None
+    try:
+        infos = chroma_catalog.describe(store)
+        if infos is None:
+            return None
+        ids_by_id = {info.id: chroma_catalog.ids(store, info.id) for info in infos}
+    finally:
+        store.close()
+    return infos, lambda info: ids_by_id[info.id]
 
 
 def kind(settings: Settings, snapshot: Snapshot) -> str | None:

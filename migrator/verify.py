@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger
+from migrator import ledger, load_parts
 from migrator.checksum import TableSum, bucket_of, row_digest
 from migrator.plan_model import Plan, TablePlan
 from migrator.rows import TableConverter
@@ -170,14 +170,16 @@ async def _target_rows(conn, schema: str, t: TablePlan, cols: list[str]):
 async def _quarantine_keys(conn, unit: str) -> set[str]:
     if not await ledger.exists(conn):
         return set()
-    return {r[0] for r in await conn.fetch(f"SELECT key FROM {ledger.S}.quarantine WHERE unit = $1", unit)}
+    return {r[0] for r in await conn.fetch(f"SELECT key FROM {ledger.S}.quarantine "
+                                           f"WHERE split_part(unit, '{load_parts.SEP}', 1) = $1", unit)}
 
 
 async def _set_null_fixups(conn, unit: str) -> dict[str, list[str]]:
     if not await ledger.exists(conn):
         return {}
     out: dict[str, list[str]] = {}
-    for key, column in await conn.fetch(f"SELECT key, column_name FROM {ledger.S}.fixup WHERE unit = $1 "
+    for key, column in await conn.fetch(f"SELECT key, column_name FROM {ledger.S}.fixup "
+                                        f"WHERE split_part(unit, '{load_parts.SEP}', 1) = $1 "
                                         "AND policy = 'orphan_set_null'", unit):
         out.setdefault(key, []).append(column)
     return out

@@ -244,3 +244,32 @@ def test_refuses_array_metadata_and_odd_value_types(generated: Path, tmp_path: P
     assert direct.reader("full-ip") is None
     with pytest.raises(chroma_direct.UnexpectedValue):
         list(direct.reader("full-l2").iter_batches())
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.parent.name)
+def test_catalog_describes_like_chromadb(fixture: Path, tmp_path: Path) -> None:
+    """run/verify describe the store from its files: the same collections, counts, dimensions, spaces, keys and ids
+    in the same order as chromadb's describe_client(scan=False) and get pages."""
+    _assert_catalog_equal(_copy(fixture, tmp_path / "store"))
+
+
+def test_catalog_describes_generated_store_like_chromadb(generated: Path, tmp_path: Path) -> None:
+    _assert_catalog_equal(_copy(generated, tmp_path / "store"))
+
+
+def _assert_catalog_equal(store_dir: Path) -> None:
+    from migrator import vectors_source
+    from migrator.sources import chroma_catalog
+
+    direct = chroma_direct.open_store(store_dir)
+    assert direct is not None
+    try:  # all read before chromadb opens the store (it may rewrite it)
+        got = chroma_catalog.describe(direct)
+        assert got is not None
+        got_ids = {g.name: chroma_catalog.ids(direct, g.id) for g in got}
+    finally:
+        direct.close()
+    client = chroma.open_client(store_dir)
+    want = chroma.describe_client(client, scan=False)
+    assert [g.__dict__ for g in got] == [w.__dict__ for w in want]
+    assert got_ids == {w.name: vectors_source.ids(client, w.name) for w in want}

@@ -84,7 +84,8 @@ def open_store(store_path: str | os.PathLike[str]) -> DirectStore | None:
         log.info("direct Chroma read refused for %s: no chroma.sqlite3", path)
         return None
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+        # one thread at a time, not always the same one (the load reads each next batch in a worker thread)
+        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         problem = _store_problem(conn)
     except sqlite3.Error as exc:
         log.info("direct Chroma read refused for %s: %s", path, exc)
@@ -102,6 +103,11 @@ class DirectStore:
     def __init__(self, path: str, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The read-only connection to chroma.sqlite3 (for chroma_catalog)."""
+        return self._conn
 
     def reader(self, collection_name: str, fallback_col: Any = None) -> CollectionReader | None:
         """Reader for ``collection_name``, or None (reason logged) if it cannot be read exactly.

@@ -183,8 +183,8 @@ class Rows(list):
 
 
 def read_batch(conn: sqlite3.Connection, table: str, cols: list[str], *, after: int, max_rows: int,
-               max_bytes: int) -> tuple[Rows, int]:
-    """Rows with rowid > after, in rowid order, up to max_rows rows or max_bytes bytes (at least one row).
+               max_bytes: int, until: int = 2 ** 63 - 1) -> tuple[Rows, int]:
+    """Rows with after < rowid <= until, in rowid order, up to max_rows rows or max_bytes bytes (at least one row).
 
     Returns (rows, last_rowid); each row is (rowid, *values, size) — the trailing size (bytes stored, computed by
     SQLite) bounds the batch without touching values in Python. Text that is not valid UTF-8 is decoded with
@@ -192,15 +192,15 @@ def read_batch(conn: sqlite3.Connection, table: str, cols: list[str], *, after: 
     """
     size = " + ".join(f"coalesce(length(CAST({qi(c)} AS BLOB)), 0)" for c in cols) or "0"
     sql = (f"SELECT rowid, {', '.join(qi(c) for c in cols)}{', ' if cols else ''}{size} FROM {qi(table)} "
-           "WHERE rowid > ? ORDER BY rowid LIMIT ?")
+           "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?")
     try:
-        return _fetch(conn.execute(sql, (after, max_rows)), after, max_bytes)
+        return _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes)
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
             raise
     conn.text_factory = lenient_text
     try:
-        rows, last = _fetch(conn.execute(sql, (after, max_rows)), after, max_bytes)
+        rows, last = _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes)
         rows.lenient = True
         return rows, last
     finally:
