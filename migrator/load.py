@@ -82,7 +82,7 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
         if stop.requested:
             report.interrupted = True
             return await _summarise(conn, report)
-        await _finalize(conn, plan, snapshot, run, progress)
+        await _finalize(conn, workers, plan, snapshot, run, progress)
         return await _summarise(conn, report)
     except Exception as exc:
         if not (isinstance(exc, TRANSIENT) or any(c.is_closed() for c in [conn, *workers])):
@@ -271,17 +271,14 @@ async def _load_part(conn, settings: Settings, plan: Plan, table: TablePlan, par
     progress.finish(unit)
 
 
-async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
+async def _finalize(conn, workers: list, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
     """Indexes (create mode), sequences, alembic_version, ANALYZE — each recorded as a step, each idempotent."""
     steps = await ledger.steps(conn)
     schema = cat.qi(plan.schema)
     spec = cat.load(plan.source_revision) if run["mode"] == "create" else None
     if spec is not None and "indexes" not in steps:
         progress.event("finalize", step="indexes")
-        await conn.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
-        for stmt in cat.index_statements(spec):
-            await conn.execute(f"SET search_path TO {schema}")
-            await conn.execute(stmt)
+        await _build_indexes(workers or [conn], schema, cat.index_statements(spec))
         await ledger.step_done(conn, "indexes", snapshot.snapshot_id)
     if "sequences" not in steps:
         progress.event("finalize", step="sequences")
@@ -302,6 +299,19 @@ async def _finalize(conn, plan: Plan, snapshot: Snapshot, run: dict, progress: P
     await ledger.step_done(conn, "analyze", snapshot.snapshot_id)
     await ledger.finish_run(conn, run["run_id"])
     progress.event("finalize", step="done")
+
+
+async def _build_indexes(conns: list, schema: str, statements: list[str]) -> None:
+    """CREATE INDEX IF NOT EXISTS statements shared by the connections (each builds one index at a time)."""
+    todo = list(statements)
+
+    async def work(c) -> None:
+        await c.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
+        await c.execute(f"SET search_path TO {schema}")
+        while todo:
+            await c.execute(todo.pop(0))
+
+    await asyncio.gather(*(work(c) for c in conns))
 
 
 async def _live_sequences(conn, schema: str) -> list[dict]:

@@ -39,17 +39,30 @@ def table_of(unit: str) -> str:
     return unit.split(SEP, 1)[0]
 
 
-def count(table: TablePlan) -> int:
-    """How many parts: one per PART_BYTES of payload or PART_ROWS rows, at most MAX_PARTS; tables whose rows
-    reference each other (parents must commit first) and whole-table quarantines stay in one part."""
+def count(table: TablePlan, stored: int = 0) -> int:
+    """How many parts: one per PART_BYTES (payload, or `stored` bytes of its pages when larger) or PART_ROWS rows,
+    at most MAX_PARTS; tables whose rows reference each other (parents must commit first) and whole-table
+    quarantines stay in one part."""
     if table.self_ref or table.action != "load" or table.rows < 2:
         return 1
-    return max(1, min(MAX_PARTS, table.rows, max(table.bytes // PART_BYTES, table.rows // PART_ROWS)))
+    size = max(table.bytes, stored)
+    return max(1, min(MAX_PARTS, table.rows, max(size // PART_BYTES, table.rows // PART_ROWS)))
 
 
-def split(conn: sqlite3.Connection, table: TablePlan) -> list[Part]:
+def stored_bytes(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+    """Bytes of each table's pages (SQLite's dbstat; {} where this SQLite is built without it). `run` plans without
+    measuring payload, so this is what tells a table of big JSON values apart."""
+    try:
+        marks = ",".join("?" * len(names))
+        return dict(conn.execute(f"SELECT name, sum(pgsize) FROM dbstat WHERE name IN ({marks}) GROUP BY name",
+                                 names).fetchall())
+    except sqlite3.Error:
+        return {}
+
+
+def split(conn: sqlite3.Connection, table: TablePlan, stored: int = 0) -> list[Part]:
     """The parts of one table, boundaries at rowid quantiles of the snapshot."""
-    n = count(table)
+    n = count(table, stored)
     if n == 1:
         return [Part(table.name, table.name, FIRST, LAST, table.rows, table.bytes)]
     sql = f"SELECT rowid FROM {src.qi(table.name)} ORDER BY rowid LIMIT 1 OFFSET ?"
@@ -64,6 +77,7 @@ def split_all(db_path, tables: list[TablePlan]) -> dict[str, list[Part]]:
     """Parts of every table, read from the snapshot's database."""
     conn = src.connect(db_path, immutable=True)
     try:
-        return {t.name: split(conn, t) for t in tables}
+        stored = stored_bytes(conn, [t.name for t in tables if t.action == "load" and not t.self_ref])
+        return {t.name: split(conn, t, stored.get(t.name, 0)) for t in tables}
     finally:
         conn.close()

@@ -38,7 +38,9 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
     try:
         found = None if scan or kind != "snapshot" else vectors_source.describe_files(snapshot)
         if found is not None:
-            infos, ids_of = found
+            infos, ids_of, needs_client = found
+            if needs_client:  # the scratch copy for chromadb now, before anything is written to the target
+                vectors_source.client(settings, snapshot)
         else:
             client = vectors_source.client(settings, snapshot)
             infos = chroma.describe_client(client, scan=scan)

@@ -111,9 +111,10 @@ def batches(settings: Settings, snapshot: Snapshot) -> BatchSource:
     return BatchSource(settings, snapshot)
 
 
-def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]]] | None:
-    """(collections, ids of a collection) read from the snapshot's Chroma files, as chromadb's
-    describe_client(scan=False) and get pages give them; None when chroma_direct does not know the store."""
+def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]], bool] | None:
+    """(collections, ids of a collection, whether the load will need chromadb too) read from the snapshot's Chroma
+    files, as chromadb's describe_client(scan=False) and get pages give them; None when chroma_direct does not know
+    the store."""
     store = chroma_direct.open_store(snapshot.vector_path) if snapshot.vector_path is not None else None
     if store is None:
         return None
@@ -122,9 +123,11 @@ def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]]
         if infos is None:
             return None
         ids_by_id = {info.id: chroma_catalog.ids(store, info.id) for info in infos}
+        # without a fallback, a reader is refused when any vector must come through chromadb
+        needs_client = any(info.count and store.reader(info.name) is None for info in infos)
     finally:
         store.close()
-    return infos, lambda info: ids_by_id[info.id]
+    return infos, lambda info: ids_by_id[info.id], needs_client
 
 
 def kind(settings: Settings, snapshot: Snapshot) -> str | None:

@@ -3,6 +3,7 @@ self-retrieval and recall@10 against an exact search over the snapshot's vectors
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
@@ -25,31 +26,54 @@ SHOW = 10
 
 
 async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int | None = None) -> dict | None:
-    """Compare every collection; returns the vectors section of the verify report (with its problems)."""
+    """Compare every collection; returns the vectors section of the verify report (with its problems).
+
+    Collections are compared in parallel over `--jobs` connections, each reading its next source batch (chromadb's
+    own `get`, independent of the load's direct file reader) in a thread while the current one is compared."""
     if not plan.vectors:
         return None
     spec = spec_of(settings)
     client = vectors_source.client(settings, snapshot)
-    conn = await pgt.connect(settings.pgvector_url)
-    rng = random.Random(seed)
     out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
-    recalls: list[float] = []
+    conns = [await pgt.connect(settings.pgvector_url) for _ in range(max(1, min(settings.jobs,
+                                                                            len(plan.vectors["collections"]))))]
+    results: dict[str, tuple] = {}
     try:
-        await pgv._register(conn)
-        counts = {r[0]: r[1] for r in await conn.fetch(
+        for c in conns:
+            await pgv._register(c)
+        counts = {r[0]: r[1] for r in await conns[0].fetch(
             "SELECT collection_name, count(*) FROM document_chunk GROUP BY 1")}
-        quarantined = await _quarantined(conn)
-        for info in plan.vectors["collections"]:
-            loaded: tuple[list, list] = ([], [])
-            entry = await _collection(conn, client, info, spec, counts, quarantined, out["problems"], loaded)
-            entry.update(await _search(conn, info, spec, rng, out, recalls, loaded))
-            out["collections"][info["name"]] = entry
+        quarantined = await _quarantined(conns[0])
+        todo = list(plan.vectors["collections"])
+
+        async def work(conn) -> None:
+            while todo:
+                info = todo.pop(0)
+                problems: list[str] = []
+                stats = {"queries": 0, "hits": 0}
+                recalls: list[float] = []
+                rng = random.Random(None if seed is None else f"{seed}:{info['name']}")
+                loaded: tuple[list, list] = ([], [])
+                entry = await _collection(conn, client, info, spec, counts, quarantined, problems, loaded)
+                entry.update(await _search(conn, info, spec, rng, stats, problems, recalls, loaded))
+                results[info["name"]] = (entry, problems, stats, recalls)
+
+        await asyncio.gather(*(work(c) for c in conns))
         extra = set(counts) - {c["name"] for c in plan.vectors["collections"]}
-        if extra:
-            out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
     finally:
-        await conn.close()
-    out["recall_at_10"] = round(float(np.mean(recalls)), 4) if recalls else None
+        for c in conns:
+            await pgt.close_quietly(c)
+    recalls_all: list[float] = []
+    for info in plan.vectors["collections"]:  # the report in plan order, whatever finished first
+        entry, problems, stats, recalls = results[info["name"]]
+        out["collections"][info["name"]] = entry
+        out["problems"] += problems
+        out["self_retrieval"]["queries"] += stats["queries"]
+        out["self_retrieval"]["hits"] += stats["hits"]
+        recalls_all += recalls
+    if extra:
+        out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
+    out["recall_at_10"] = round(float(np.mean(recalls_all)), 4) if recalls_all else None
     return out
 
 
@@ -70,7 +94,10 @@ async def _collection(conn, client, info: dict, spec, counts: dict, quarantined:
     q = quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
-    for batch in chroma.iter_batches_client(client, name, batch_size=BATCH):
+    batches = chroma.iter_batches_client(client, name, batch_size=BATCH)
+    pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+    while (batch := await pending) is not None:
+        pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
         source += len(batch.chunks)
         wanted = [c for c in batch.chunks if c.id not in q]
         rows = {r["id"]: r for r in await conn.fetch(
@@ -113,7 +140,8 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, info: dict, spec, rng, out: dict, recalls: list, loaded: tuple[list, list]) -> dict:
+async def _search(conn, info: dict, spec, rng, stats: dict, problems: list, recalls: list,
+                  loaded: tuple[list, list]) -> dict:
     """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan (of what was loaded)."""
     name = info["name"]
     ids, vecs = loaded
@@ -132,10 +160,10 @@ async def _search(conn, info: dict, spec, rng, out: dict, recalls: list, loaded:
         kth = np.sort(exact)[min(K, len(ids)) - 1]
         allowed = {ids[j] for j in np.nonzero(exact <= kth + 1e-6)[0]}
         local.append(sum(r["id"] in allowed for r in rows) / min(K, len(ids)))
-    out["self_retrieval"]["queries"] += len(picks)
-    out["self_retrieval"]["hits"] += hits
+    stats["queries"] += len(picks)
+    stats["hits"] += hits
     if hits < len(picks):
-        out["problems"].append(f"collection {name}: self-retrieval {hits}/{len(picks)}")
+        problems.append(f"collection {name}: self-retrieval {hits}/{len(picks)}")
     recalls += local
     return {"self_retrieval": f"{hits}/{len(picks)}", "recall_at_10": round(float(np.mean(local)), 4)}
 

@@ -105,3 +105,14 @@ def test_table_in_parts_survives_sigkill_and_verifies(target_url, tmp_path):
     assert all(ns == list(range(1, len(ns) + 1)) for ns in units.values())  # no gap, no repeat per unit
     assert query(target_url, "SELECT sum(total_rows) FROM hridaai_migrate.unit "
                              "WHERE split_part(unit, '#', 1) = 'message'")[0][0] == EXTRA + 40
+
+
+def test_part_count_uses_stored_bytes_when_payload_is_unmeasured(tmp_path):
+    db = tmp_path / "x.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (v TEXT)")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [("x" * 100_000,) for _ in range(700)])  # ~70 MB
+    conn.commit()
+    conn.close()
+    parts = load_parts.split_all(db, [_plan(rows=700, bytes=0)])["t"]  # bytes=0: as `run` plans
+    assert len(parts) == 2 and sum(p.rows for p in parts) == 700
