@@ -14,6 +14,7 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import ledger, load_parts, vectors_load
+from migrator.concurrency import run_all
 from migrator.errors import PreflightError, TransientError
 from migrator.load_batch import BatchWriter
 from migrator.plan_model import Plan, TablePlan
@@ -136,14 +137,7 @@ async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: 
                             done.add(part.table)
                     ready.notify_all()
 
-    tasks = [asyncio.create_task(work(c)) for c in workers]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await run_all(work(c) for c in workers)
 
 
 async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress,
@@ -311,7 +305,7 @@ async def _build_indexes(conns: list, schema: str, statements: list[str]) -> Non
         while todo:
             await c.execute(todo.pop(0))
 
-    await asyncio.gather(*(work(c) for c in conns))
+    await run_all(work(c) for c in conns)
 
 
 async def _live_sequences(conn, schema: str) -> list[dict]:

@@ -11,6 +11,7 @@ import asyncio
 import asyncpg
 
 from migrator import ledger, vectors_source
+from migrator.concurrency import run_all
 from migrator.errors import PreflightError, TransientError
 from migrator.plan_model import Plan
 from migrator.progress import Progress
@@ -85,14 +86,8 @@ async def _load_collections(settings: Settings, todo: list[dict], collisions: di
                                               "continues") from exc
                 raise
 
-    tasks = [asyncio.create_task(work(c)) for c in workers]
     try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        await run_all(work(c) for c in workers)
     finally:
         for c in workers:
             await pgt.close_quietly(c)

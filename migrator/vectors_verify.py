@@ -10,6 +10,7 @@ import random
 import numpy as np
 
 from migrator import ledger, vectors_source
+from migrator.concurrency import run_all
 from migrator.plan_model import Plan
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
@@ -58,7 +59,7 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
                 entry.update(await _search(conn, info, spec, rng, stats, problems, recalls, loaded))
                 results[info["name"]] = (entry, problems, stats, recalls)
 
-        await asyncio.gather(*(work(c) for c in conns))
+        await run_all(work(c) for c in conns)
         extra = set(counts) - {c["name"] for c in plan.vectors["collections"]}
     finally:
         for c in conns:
