@@ -25,7 +25,7 @@ def _common(f):
         click.option("--log-format", type=click.Choice(["auto", "text", "json", "none"]), default=None,
                      help="Progress/log format (default: json when stderr is not a terminal)."),
         click.option("--batch-rows", type=int, help="Max rows per batch (default 10000)."),
-        click.option("--batch-bytes", type=int, help="Max bytes per batch (default 16 MiB)."),
+        click.option("--batch-bytes", type=int, help="Max bytes per batch (default 8 MiB)."),
         click.option("--policy", "policies", multiple=True, metavar="NAME=ACTION",
                      help="Override a conversion policy (see `migrate policies`)."),
         click.option("--orphans", type=click.Choice(["quarantine", "fail"]), default=None,
