@@ -14,7 +14,9 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import ledger, load_parts
-from migrator.checksum import TableSum, bucket_of, row_digest
+from migrator import verify_pool as pool
+from migrator import verify_table as vt
+from migrator.checksum import batch_digests, buckets_of
 from migrator.plan_model import Plan, TablePlan
 from migrator.rows import TableConverter
 from migrator.snapshot import Snapshot
@@ -22,6 +24,7 @@ from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
 SHOW = 20
+SAMPLE_CHUNK = 25
 
 
 @dataclass
@@ -71,14 +74,17 @@ async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 
     """Compare snapshot and target; report every difference by table and key."""
     report = VerifyReport(snapshot.snapshot_id)
     conn = await pgt.connect(url)
-    lite = src.connect(snapshot.db_path, immutable=True)
     rng = random.Random(seed)
     try:
         policies = await _run_policies(conn, plan)
+        tables = sorted(plan.tables, key=lambda t: t.order)
+        jobs = await _jobs(conn, plan, [t for t in tables if t.action == "load"], rng)
+        ctx = pool.Context(url, plan.schema, snapshot.db_path, policies, sample_size)
+        sides = await pool.measure(ctx, list(jobs.values()), settings.jobs if settings is not None else 2)
         samples: list[tuple[TablePlan, str, tuple]] = []
-        for t in sorted(plan.tables, key=lambda t: t.order):
+        for t in tables:
             if t.action == "load":
-                samples += await _table(conn, lite, plan, t, policies, report, rng, sample_size)
+                samples += await _table(conn, ctx, plan, jobs[t.name], sides[t.name], report)
             elif t.action == "quarantine" and t.rows:
                 await _quarantined_table(conn, t, report)
         await _sample(conn, plan, samples, report)
@@ -90,7 +96,6 @@ async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 
             report.vectors = await vectors_verify.check(settings, plan, snapshot, seed=seed)
             report.problems += report.vectors["problems"]
     finally:
-        lite.close()
         await conn.close()
     return report
 
@@ -100,71 +105,34 @@ async def _run_policies(conn, plan: Plan) -> dict:
     return json.loads(steps["policies"]) if steps.get("policies") else plan.policies
 
 
-async def _table(conn, lite, plan: Plan, t: TablePlan, policies: dict, report: VerifyReport, rng, k: int):
-    conv = TableConverter(t, policies)
-    q_keys = await _quarantine_keys(conn, t.name)
-    set_null = await _set_null_fixups(conn, t.name)
-    cols = conv.columns
-    src_sum, tgt_sum, sample = TableSum(), TableSum(), []
-    source_rows = 0
-    for key, values in _source_rows(lite, t, conv, set_null):
-        source_rows += 1
-        if key in q_keys:
-            continue
-        src_sum.add(key, row_digest(values))
-        if len(sample) < k:
-            sample.append((t, key, values))
-        elif rng.random() < k / max(source_rows, 1):
-            sample[rng.randrange(k)] = (t, key, values)
-    async for key, values in _target_rows(conn, plan.schema, t, cols):
-        tgt_sum.add(key, row_digest(values))
-    entry = {"source_rows": source_rows, "target_rows": tgt_sum.count, "quarantined": len(q_keys),
+async def _jobs(conn, plan: Plan, tables: list[TablePlan], rng: random.Random) -> dict[str, pool.TableJob]:
+    """Per table: the ledger's quarantined keys and set-NULL fixups, a sample seed, a size for ordering."""
+    sizes = await pool.table_sizes(conn, plan.schema)
+    return {t.name: pool.TableJob(t, await _quarantine_keys(conn, t.name), await _set_null_fixups(conn, t.name),
+                                  rng.getrandbits(64), sizes.get(t.name, 0)) for t in tables}
+
+
+async def _table(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, sides: dict, report: VerifyReport):
+    """Compare the two sides' counts and checksums; localise differences to keys; the table's sample rows."""
+    t, q_keys = job.table, job.q_keys
+    source, target = sides["source"], sides["target"]
+    src_sum, tgt_sum = source.sums, target.sums
+    entry = {"source_rows": source.rows, "target_rows": tgt_sum.count, "quarantined": len(q_keys),
              "checksum_source": src_sum.total(), "checksum_target": tgt_sum.total(), "match": True}
-    if source_rows != tgt_sum.count + len(q_keys):
+    if source.rows != tgt_sum.count + len(q_keys):
         entry["match"] = False
-        report.problems.append(f"{t.name}: source {source_rows} rows != target {tgt_sum.count} + quarantined "
+        report.problems.append(f"{t.name}: source {source.rows} rows != target {tgt_sum.count} + quarantined "
                                f"{len(q_keys)}")
+    if source.unledgered:
+        entry["match"] = False
+        report.problems.append(f"{t.name}: {len(source.unledgered)} rows the conversion rejects are not in the "
+                               f"ledger's quarantine: {', '.join(source.unledgered[:SHOW])}")
     diff = src_sum.differing_buckets(tgt_sum)
     if diff:
         entry["match"] = False
-        entry.update(await _localise(conn, lite, plan, t, conv, set_null, q_keys, diff, report))
+        entry.update(await _localise(conn, ctx, plan, job, diff, report))
     report.tables[t.name] = entry
-    return sample
-
-
-def _source_rows(lite, t: TablePlan, conv: TableConverter, set_null: dict):
-    idx = {c: i for i, c in enumerate(conv.columns)}
-    for chunk in _chunks(src.iter_rows(lite, t.name, conv.source_columns), 500):
-        res = conv.convert(chunk)
-        for key, row in zip(res.keys, res.rows):
-            if key in set_null:
-                row = list(row)
-                for column in set_null[key]:
-                    row[idx[column]] = None
-                row = tuple(row)
-            yield key, row
-        for q in res.quarantine:
-            yield q[0], None
-
-
-def _chunks(it, n):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-async def _target_rows(conn, schema: str, t: TablePlan, cols: list[str]):
-    keys = t.key or []
-    select = ", ".join(cat.qi(c) for c in keys + cols)
-    async with conn.transaction(readonly=True):
-        async for rec in conn.cursor(f"SELECT {select} FROM {cat.qi(schema)}.{cat.qi(t.name)}", prefetch=1000):
-            values = tuple(rec)
-            yield ledger.dumps(list(values[:len(keys)])), values[len(keys):]
+    return [(t, key, values) for key, values in source.sample]
 
 
 async def _quarantine_keys(conn, unit: str) -> set[str]:
@@ -194,14 +162,20 @@ async def _quarantined_table(conn, t: TablePlan, report: VerifyReport) -> None:
         report.problems.append(f"{t.name}: {t.rows} source rows, {n} in quarantine")
 
 
-async def _localise(conn, lite, plan, t, conv, set_null, q_keys, buckets: set[int], report) -> dict:
+async def _localise(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, buckets: set[int], report) -> dict:
     """Second pass over the differing buckets only: which keys are missing, extra or changed."""
-    src_map = {k: row_digest(v) for k, v in _source_rows(lite, t, conv, set_null)
-               if v is not None and k not in q_keys and bucket_of(k) in buckets}
-    tgt_map = {}
-    async for k, v in _target_rows(conn, plan.schema, t, conv.columns):
-        if bucket_of(k) in buckets:
-            tgt_map[k] = row_digest(v)
+    t = job.table
+    conv = TableConverter(t, ctx.policies)
+    src_map: dict[str, int] = {}
+    lite = src.connect(ctx.db_path, immutable=True)
+    try:
+        for batch in vt.source_batches(lite, t, conv, job.set_null):
+            src_map.update(_in_buckets(batch, buckets, job.q_keys))
+    finally:
+        lite.close()
+    tgt_map: dict[str, int] = {}
+    async for batch in vt.target_batches(conn, plan.schema, t):
+        tgt_map.update(_in_buckets(batch, buckets, set()))
     missing = sorted(set(src_map) - set(tgt_map))
     extra = sorted(set(tgt_map) - set(src_map))
     changed = sorted(k for k in set(src_map) & set(tgt_map) if src_map[k] != tgt_map[k])
@@ -211,25 +185,58 @@ async def _localise(conn, lite, plan, t, conv, set_null, q_keys, buckets: set[in
     return {"missing": missing[:SHOW], "extra": extra[:SHOW], "changed": changed[:SHOW]}
 
 
+def _in_buckets(batch: vt.Batch, buckets: set[int], q_keys: set[str]) -> dict[str, int]:
+    """{key: row digest} of the batch's rows that fall in `buckets` (and are not quarantined)."""
+    digests, batch.nbytes = batch_digests(batch.columns, len(batch.keys))
+    return {k: d for k, b, d in zip(batch.keys, buckets_of(batch.keys), digests) if b in buckets and k not in q_keys}
+
+
 async def _sample(conn, plan: Plan, samples: list, report: VerifyReport) -> None:
+    """Compare the sampled source rows with the target's, field by field (one query per single-key table)."""
     diffs = []
+    found = await _sample_rows(conn, plan, samples)
     for t, key, values in samples:
-        keys = t.key or []
-        if not keys:
+        if not t.key:
             continue
-        cols = [c.name for c in t.copy_columns]  # the converter's order, as the sampled values
-        where = " AND ".join(f"{cat.qi(k)}::text = ${i + 1}" for i, k in enumerate(keys))
-        key_values = [str(v) for v in json.loads(key)]
-        rec = await conn.fetchrow(f"SELECT {', '.join(cat.qi(c) for c in cols)} FROM {cat.qi(plan.schema)}."
-                                  f"{cat.qi(t.name)} WHERE {where}", *key_values)
+        rec = found[t.name].get(key) if t.name in found else await _sample_row(conn, plan, t, key)
         if rec is None:
             diffs.append(f"{t.name} {key}: missing in target")
             continue
+        cols = [c.name for c in t.copy_columns]  # the converter's order, as the sampled values
         for c, want, got in zip(cols, values, tuple(rec)):
             if want != got:
                 diffs.append(f"{t.name} {key} column {c}: source {str(want)[:60]!r} target {str(got)[:60]!r}")
     report.sample = {"compared": len(samples), "differences": diffs[:100]}
     report.problems += [f"sample: {d}" for d in diffs[:SHOW]]
+
+
+def _select_sample(plan: Plan, t: TablePlan) -> str:
+    return f"SELECT {', '.join(cat.qi(c.name) for c in t.copy_columns)} FROM {cat.qi(plan.schema)}.{cat.qi(t.name)}"
+
+
+async def _sample_row(conn, plan: Plan, t: TablePlan, key: str):
+    """The target row whose key columns, as text, are the sampled key's values (str of each)."""
+    where = " AND ".join(f"{cat.qi(k)}::text = ${i + 1}" for i, k in enumerate(t.key))
+    return await conn.fetchrow(f"{_select_sample(plan, t)} WHERE {where}", *[str(v) for v in json.loads(key)])
+
+
+async def _sample_rows(conn, plan: Plan, samples: list) -> dict[str, dict[str, tuple]]:
+    """{table: {sampled key: target row}} for the tables with a one-column key, SAMPLE_CHUNK keys a query; rows are
+    matched exactly as _sample_row matches them (the key column as text = str of the sampled value)."""
+    wanted: dict[str, tuple[TablePlan, dict[str, list[str]]]] = {}
+    for t, key, _ in samples:
+        if len(t.key or []) == 1:
+            wanted.setdefault(t.name, (t, {}))[1].setdefault(str(json.loads(key)[0]), []).append(key)
+    out: dict[str, dict[str, tuple]] = {}
+    for name, (t, keys) in wanted.items():
+        column = cat.qi(t.key[0])
+        select = _select_sample(plan, t).replace("SELECT ", f"SELECT {column}::text, ", 1)
+        texts, out[name] = list(keys), {}
+        for i in range(0, len(texts), SAMPLE_CHUNK):
+            for rec in await conn.fetch(f"{select} WHERE {column}::text = ANY($1::text[])", texts[i:i + SAMPLE_CHUNK]):
+                for key in keys[rec[0]]:
+                    out[name].setdefault(key, tuple(rec)[1:])
+    return out
 
 
 async def _alembic(conn, plan: Plan, snapshot: Snapshot, report: VerifyReport) -> None:

@@ -1,0 +1,213 @@
+"""One side of one table for verify: every row read, keyed, hashed into a TableSum, a batch at a time.
+
+The source side reads the snapshot and converts each batch with the same TableConverter the load uses; the target
+side reads PostgreSQL with an asyncpg cursor. Both run as plain functions so that verify can hand them to worker
+processes (the two cores then hash two tables, or both sides of one, at once); memory stays one batch deep.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from itertools import compress
+from json.encoder import encode_basestring_ascii
+from pathlib import Path
+from typing import AsyncIterator, Iterator, Sequence
+
+from migrator import catalog as cat
+from migrator import ledger
+from migrator.checksum import TableSum, batch_digests, buckets_of
+from migrator.plan_model import TablePlan
+from migrator.rows import TableConverter
+from migrator.sources import sqlite as src
+
+FIRST_ROWS = 200
+MAX_ROWS = 10_000
+BATCH_BYTES = 8 << 20
+FIRST = -(2 ** 63)
+
+
+@dataclass
+class Batch:
+    """Rows of one batch: keys, the values column by column, and (source) keys the converter quarantined."""
+
+    keys: list[str]
+    columns: list[Sequence]
+    quarantined: list[str] = field(default_factory=list)
+    read: int = 0
+    nbytes: int = 0  # size, set by whoever hashed the batch (sizes the next read)
+
+
+@dataclass
+class SideResult:
+    """What one side of a table measured."""
+
+    rows: int
+    sums: TableSum
+    sample: list[tuple[str, tuple]] = field(default_factory=list)
+    unledgered: list[str] = field(default_factory=list)  # converter-quarantined keys the ledger does not list
+
+
+def fast_keys(values: Sequence) -> list[str] | None:
+    """ledger.dumps([v]) for each value when all are ASCII text or all ints (C-speed), else None."""
+    types = set(map(type, values))
+    if types == {str} and all(map(str.isascii, values)):
+        return ["[" + e + "]" for e in map(encode_basestring_ascii, values)]
+    if types == {int}:
+        return ["[%d]" % v for v in values]
+    return None
+
+
+def source_keys(conv: TableConverter, raws: Sequence[tuple]) -> list[str]:
+    """conv.key_of for every raw row (single-column keys of ASCII text or ints without per-row JSON)."""
+    index = {c: i for i, c in enumerate(conv.source_columns)}
+    picks = [index[c] for c in conv.table.key or [] if c in index]
+    if len(picks) <= 1:
+        col = [r[1 + picks[0]] for r in raws] if picks else [r[0] for r in raws]
+        keys = fast_keys(col)
+        if keys is not None:
+            return keys
+    return [conv.key_of(r) for r in raws]
+
+
+def target_keys(key_columns: list[Sequence], n: int) -> list[str]:
+    """ledger.dumps(list(key values)) for every target row."""
+    if len(key_columns) == 1:
+        keys = fast_keys(key_columns[0])
+        if keys is not None:
+            return keys
+    if not key_columns:
+        return [ledger.dumps([])] * n
+    return [ledger.dumps(list(vals)) for vals in zip(*key_columns)]
+
+
+class Raws(list):
+    """Raw rows (rowid, *values) of one batch; `lenient` as sources.sqlite.Rows has it (the converter reads it)."""
+
+    lenient: bool = False
+
+
+def read_rows(lite: sqlite3.Connection, table: str, cols: list[str], after: int, n: int) -> Raws:
+    """Up to n rows with rowid > after, in rowid order, decoded as sources.sqlite.read_batch decodes them (text
+    that is not UTF-8 kept with surrogateescape, the batch then marked lenient); no per-row size column."""
+    sql = (f"SELECT rowid{''.join(', ' + src.qi(c) for c in cols)} FROM {src.qi(table)} "
+           "WHERE rowid > ? ORDER BY rowid LIMIT ?")
+    try:
+        return Raws(lite.execute(sql, (after, n)))
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    lite.text_factory = src.lenient_text
+    try:
+        rows = Raws(lite.execute(sql, (after, n)))
+        rows.lenient = True
+        return rows
+    finally:
+        lite.text_factory = str
+
+
+def source_batches(lite, t: TablePlan, conv: TableConverter, set_null: dict[str, list[str]]) -> Iterator[Batch]:
+    """Converted batches of the snapshot's rows, with the load's orphan_set_null fixups applied; each about
+    BATCH_BYTES once the consumer has set the previous batch's nbytes."""
+    after, n = FIRST, FIRST_ROWS
+    idx = {c: i for i, c in enumerate(conv.columns)}
+    while True:
+        raws = read_rows(lite, t.name, conv.source_columns, after, n)
+        if not raws:
+            return
+        after = raws[-1][0]
+        res = conv.convert(raws)
+        keys = source_keys(conv, res.raws)
+        columns = list(zip(*res.rows)) if res.rows else [() for _ in conv.columns]
+        if set_null and not set_null.keys().isdisjoint(keys):
+            columns = [list(c) for c in columns]
+            _set_null(keys, columns, idx, set_null)
+        batch = Batch(keys, columns, [q[0] for q in res.quarantine], len(raws))
+        yield batch
+        n = next_rows(batch, n)
+
+
+def next_rows(batch: Batch, n: int) -> int:
+    """Rows for the next read: about BATCH_BYTES at this batch's size per row, within [50, MAX_ROWS]."""
+    if not batch.nbytes:
+        return n
+    return max(50, min(MAX_ROWS, BATCH_BYTES * max(len(batch.keys), 1) // batch.nbytes))
+
+
+def _set_null(keys: list[str], columns: list[list], idx: dict[str, int], set_null: dict[str, list[str]]) -> None:
+    """NULL the columns the load's orphan_set_null fixups nulled."""
+    for i, key in enumerate(keys):
+        for column in set_null.get(key, ()):
+            columns[idx[column]][i] = None
+
+
+def _drop(batch: Batch, q_keys: set[str]) -> Batch:
+    """The batch without rows the ledger quarantined."""
+    if not q_keys:
+        return batch
+    keep = [k not in q_keys for k in batch.keys]
+    if all(keep):
+        return batch
+    return Batch(list(compress(batch.keys, keep)), [list(compress(c, keep)) for c in batch.columns],
+                 batch.quarantined, batch.read)
+
+
+def source_side(db_path: Path, t: TablePlan, policies: dict, q_keys: set[str], set_null: dict[str, list[str]],
+                k: int, seed: int) -> SideResult:
+    """Count, checksum and sample (k rows, reservoir) the snapshot side of a table."""
+    conv = TableConverter(t, policies)
+    result = SideResult(0, TableSum())
+    rng, seen = random.Random(seed), 0
+    lite = src.connect(db_path, immutable=True)
+    try:
+        for batch in source_batches(lite, t, conv, set_null):
+            result.rows += batch.read
+            result.unledgered += [q for q in batch.quarantined if q not in q_keys]
+            kept = _drop(batch, q_keys)
+            digests, batch.nbytes = batch_digests(kept.columns, len(kept.keys))
+            result.sums.add_many(buckets_of(kept.keys), digests)
+            seen = _reservoir(result.sample, kept, k, rng, seen)
+    finally:
+        lite.close()
+    return result
+
+
+def _reservoir(sample: list, batch: Batch, k: int, rng: random.Random, seen: int) -> int:
+    """Algorithm R over the batch's rows; returns the number of rows seen so far."""
+    for i, key in enumerate(batch.keys):
+        seen += 1
+        if len(sample) < k:
+            sample.append((key, tuple(c[i] for c in batch.columns)))
+        elif rng.random() * seen < k:
+            sample[rng.randrange(k)] = (key, tuple(c[i] for c in batch.columns))
+    return seen
+
+
+async def target_batches(conn, schema: str, t: TablePlan) -> AsyncIterator[Batch]:
+    """Batches of the target's rows (key columns first), about BATCH_BYTES each, in one read-only transaction."""
+    keys = t.key or []
+    cols = [c.name for c in t.copy_columns]
+    select = ", ".join(cat.qi(c) for c in keys + cols)
+    n = FIRST_ROWS
+    async with conn.transaction(readonly=True):
+        cur = await conn.cursor(f"SELECT {select} FROM {cat.qi(schema)}.{cat.qi(t.name)}")
+        while True:
+            recs = await cur.fetch(n)
+            if not recs:
+                return
+            columns = list(zip(*recs)) if keys or cols else []
+            batch = Batch(target_keys(columns[:len(keys)], len(recs)), columns[len(keys):], read=len(recs))
+            yield batch
+            n = next_rows(batch, n)
+
+
+async def target_sum(conn, schema: str, t: TablePlan) -> SideResult:
+    """Count and checksum the target side of a table on an open connection."""
+    result = SideResult(0, TableSum())
+    async for batch in target_batches(conn, schema, t):
+        digests, batch.nbytes = batch_digests(batch.columns, batch.read)
+        result.sums.add_many(buckets_of(batch.keys), digests)
+        result.rows += batch.read
+    return result
+
