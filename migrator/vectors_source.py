@@ -130,6 +130,12 @@ def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]]
     return infos, lambda info: ids_by_id[info.id], needs_client
 
 
+def prepare(settings: Settings, snapshot: Snapshot) -> None:
+    """Take the scratch copy chromadb opens (snapshot sources), without opening it here."""
+    if kind(settings, snapshot) == "snapshot":
+        _scratch(settings.work_dir, snapshot)
+
+
 def kind(settings: Settings, snapshot: Snapshot) -> str | None:
     """'http', 'snapshot' or None."""
     if settings.chroma_http_host:

@@ -159,3 +159,31 @@ def test_chroma_http_source(target_url, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_verify_finds_a_changed_vector_text_and_a_missing_chunk(target_url, tmp_path):
+    data = data_dir_with(tmp_path, {"file-a": (1200, 16), "file-b": (40, 16)})  # file-a: in the HNSW files
+    common = args(data, tmp_path / "w", target_url)
+    assert run_cli("run", *common).returncode == 0
+    assert run_cli("verify", *common).returncode == 0
+    query(target_url, "UPDATE document_chunk SET vector = (SELECT vector FROM document_chunk WHERE id = 'file-a-9') "
+                      "WHERE id = 'file-a-8'")
+    query(target_url, "DELETE FROM document_chunk WHERE id = 'file-a-7'")
+    query(target_url, "UPDATE document_chunk SET text = text || 'x' WHERE id = 'file-b-3'")
+    verify = run_cli("verify", *common, "--json")
+    assert verify.returncode == 3, verify.stdout[-2000:]
+    report = json.loads(verify.stdout)["vectors"]
+    a, b = report["collections"]["file-a"], report["collections"]["file-b"]
+    assert not a["match"] and set(a["differs"]) == {"file-a-7", "file-a-8"} and a["target"] == 1199
+    assert not b["match"] and b["differs"] == ["file-b-3"]
+    assert any("file-a" in p and "differ" in p for p in report["problems"])
+
+
+def test_verify_bundles_bound_each_worker():
+    from migrator.vectors_verify import BUNDLE_CHUNKS, _bundles
+
+    infos = [{"name": f"c{i}", "count": n} for i, n in enumerate([BUNDLE_CHUNKS * 2, 10, BUNDLE_CHUNKS - 5, 3, 7])]
+    got = _bundles(infos)
+    assert [[i["name"] for i in b] for b in got] == [["c0"], ["c2"], ["c1", "c4", "c3"]]
+    assert sorted(i["name"] for b in got for i in b) == sorted(i["name"] for i in infos)
+    assert all(len(b) == 1 or sum(i["count"] for i in b) <= BUNDLE_CHUNKS for b in got)
