@@ -45,12 +45,8 @@ async def execute(conn: asyncpg.Connection, settings: Settings, plan: Plan, snap
                    if c["count"] and not units.get(unit_of(c["name"]), {}).get("done")),
                   key=lambda c: (-c["count"], c["name"]))
     if todo:
-        source = vectors_source.batches(settings, snapshot)
-        try:
-            await _load_collections(settings, todo, plan.vectors["collisions"], spec, source, snapshot, progress,
-                                    stop)
-        finally:
-            source.close()
+        await _load_collections(settings, todo, plan.vectors["collisions"], spec,
+                                vectors_source.batches(settings, snapshot), snapshot, progress, stop)
     if stop.requested:
         return
     if "vector-index" not in steps:

@@ -40,7 +40,7 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
         if found is not None:
             infos, ids_of, needs_client = found
             if needs_client:  # the scratch copy for chromadb now, before anything is written to the target
-                vectors_source.client(settings, snapshot)
+                vectors_source.prepare(settings, snapshot)
         else:
             client = vectors_source.client(settings, snapshot)
             infos = chroma.describe_client(client, scan=scan)

@@ -58,7 +58,7 @@ class BatchSource:
     def open(self, collection: str, *, start: int, batch_size: int) -> Iterator[chroma.Batch]:
         """The collection's batches from ordinal `start` (a generator: close() it when stopping early)."""
         store = None
-        if kind(self._settings, self._snapshot) == "snapshot" and not self._settings.chroma_http_host:
+        if kind(self._settings, self._snapshot) == "snapshot":
             store = chroma_direct.open_store(self._snapshot.vector_path)
         if store is None:
             self.read_by[collection] = "chromadb"
@@ -88,9 +88,6 @@ class BatchSource:
         finally:
             store.close()
 
-    def close(self) -> None:
-        """Nothing to release: direct stores close with their generator, the chromadb client is cached."""
-
 
 class _LazyCollection:
     """The chromadb collection for the vectors the files do not hold, opened on the first `get` only."""
@@ -107,7 +104,7 @@ class _LazyCollection:
 
 
 def batches(settings: Settings, snapshot: Snapshot) -> BatchSource:
-    """The batch source of the load; the caller closes it."""
+    """The batch source of the load (direct stores close with their generators; the chromadb client is cached)."""
     return BatchSource(settings, snapshot)
 
 
