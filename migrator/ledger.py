@@ -17,6 +17,7 @@ from migrator.catalog import OWN_SCHEMA, qi
 
 S = qi(OWN_SCHEMA)
 LOCK_KEY = 0x48524944  # "HRID": one migration at a time per target database
+WRITERS_KEY = 0x48524957  # "HRIW": held (shared) by every load worker process while it may commit batches
 
 DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {S}",
@@ -162,3 +163,20 @@ async def fixups(conn: asyncpg.Connection) -> list[dict]:
 async def try_lock(conn: asyncpg.Connection) -> bool:
     """Session advisory lock: two `migrate run` against one target never run at once."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY))
+
+
+async def hold_writer(conn: asyncpg.Connection) -> None:
+    """A load worker's session: shared lock on WRITERS_KEY for as long as it lives (see wait_for_writers)."""
+    await conn.execute("SELECT pg_advisory_lock_shared($1)", WRITERS_KEY)
+
+
+async def writers_gone(conn: asyncpg.Connection, *, timeout: float) -> bool:
+    """Wait until no worker of an earlier (killed) run can still commit: take and drop WRITERS_KEY exclusively.
+    False when a worker session still holds it after `timeout` seconds."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITERS_KEY)
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True

@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger, load_parts, vectors_load
+from migrator import ledger, load_parts, load_workers, vectors_load
 from migrator.concurrency import run_all
 from migrator.errors import PreflightError, TransientError
-from migrator.load_batch import BatchWriter
-from migrator.plan_model import Plan, TablePlan
+from migrator.load_unit import load_part
+from migrator.plan_model import Plan
 from migrator.progress import Progress
-from migrator.load_read import Reader
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
 from migrator.targets import postgres as pgt
@@ -69,21 +68,29 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
     stop = stop or StopFlag()
     conn = await pgt.connect(settings.target_url, bulk=True)
     workers: list[asyncpg.Connection] = []
+    pool, clean = None, False
     try:
+        if settings.jobs > 1:  # started now: the workers' start-up overlaps the lock, the split and the schema
+            pool = load_workers.Pool(load_workers.Job(settings, plan, snapshot), settings.jobs, progress,
+                                     asyncio.get_running_loop())
         await _lock(conn, "this target")
+        await _no_old_writers(conn)
         loaded = [t for t in plan.tables if t.action in ("load", "quarantine") and t.rows]
         parts = await asyncio.to_thread(load_parts.split_all, snapshot.db_path, loaded)
         run, resumed = await _begin(conn, settings, plan, snapshot, parts, resume=resume, progress=progress)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
-        workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(1, settings.jobs))]
-        await _load_tables(workers, settings, plan, snapshot, parts, progress, stop)
+        await _load_tables(pool, settings, plan, snapshot, parts, progress, stop)
+        if pool is not None:
+            pool.close(kill=False)
         if not stop.requested and plan.vectors:
             progress.event("vectors", state="start")
             await _load_vectors(conn, settings, plan, snapshot, run, progress, stop)
         if stop.requested:
             report.interrupted = True
             return await _summarise(conn, report)
-        await _finalize(conn, workers, plan, snapshot, run, progress)
+        workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(0, settings.jobs - 1))]
+        await _finalize(conn, [conn, *workers], plan, snapshot, run, progress)
+        clean = True
         return await _summarise(conn, report)
     except Exception as exc:
         if not (isinstance(exc, TRANSIENT) or any(c.is_closed() for c in [conn, *workers])):
@@ -92,18 +99,22 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
                              detail=f"{exc.__class__.__name__}: {exc}",
                              hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
     finally:
+        if pool is not None:
+            pool.close(kill=not clean)
         for c in workers:
             await pgt.close_quietly(c)
         await pgt.close_quietly(conn)
 
 
-async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: Snapshot,
+async def _load_tables(pool: load_workers.Pool | None, settings: Settings, plan: Plan, snapshot: Snapshot,
                        parts: dict[str, list[load_parts.Part]], progress: Progress, stop: StopFlag) -> None:
-    """Table parts in parallel over the worker connections; a table's parts start once every parent table it
-    references is loaded (all its parts)."""
+    """Table parts in parallel over `--jobs` load workers (processes; with one job, this process and one
+    connection); a table's parts start once every parent table it references is loaded (all its parts)."""
     spec = {t.name: t for t in plan.tables}
     tables = sorted((spec[name] for name in parts), key=lambda t: (t.order, -t.bytes, t.name))
     todo = [p for t in tables for p in parts[t.name]]
+    if not todo:
+        return
     waiting = {t.name: {fk["ref_table"] for fk in t.fks} & set(parts) for t in tables}
     left = {name: len(ps) for name, ps in parts.items()}
     done: set[str] = set()
@@ -124,20 +135,40 @@ async def _load_tables(workers: list, settings: Settings, plan: Plan, snapshot: 
                     return pick
                 await ready.wait()
 
-    async def work(wconn) -> None:
+    async def work(load) -> None:
         while (part := await next_part()) is not None:
+            finished = False
             try:
-                await _load_part(wconn, settings, plan, spec[part.table], part, spec, snapshot, progress, stop)
+                finished = await load(part)
             finally:
                 async with ready:
                     running[0] -= 1
-                    if not stop.requested:
+                    if finished:
                         left[part.table] -= 1
                         if not left[part.table]:
                             done.add(part.table)
                     ready.notify_all()
 
-    await run_all(work(c) for c in workers)
+    if pool is None:
+        conn = await pgt.connect(settings.target_url, bulk=True)
+        try:
+            await work(lambda part: load_part(conn, settings, plan, spec[part.table], part, spec, snapshot,
+                                              progress, stop))
+        finally:
+            await pgt.close_quietly(conn)
+        return
+    relay = asyncio.create_task(_relay_stop(stop, pool))
+    try:
+        await run_all(work(pool.load) for _ in range(min(pool.workers, len(todo))))
+    finally:
+        relay.cancel()
+
+
+async def _relay_stop(stop: StopFlag, pool: load_workers.Pool) -> None:
+    """Hand a stop request (a signal) to the workers: they commit their current batch and return."""
+    while not stop.requested:
+        await asyncio.sleep(0.2)
+    pool.stop()
 
 
 async def _load_vectors(conn, settings: Settings, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress,
@@ -178,6 +209,16 @@ async def _lock(conn: asyncpg.Connection, what: str) -> None:
                                 "WHERE application_name = 'hridaai-migrate'",
                          hint="wait for it to finish (watch it with `migrate status`), then run `migrate run "
                               "--resume`; never run two migrations into one target at once")
+
+
+async def _no_old_writers(conn: asyncpg.Connection) -> None:
+    """Load workers of a killed run die with it; wait until the server has ended their sessions too."""
+    if not await ledger.writers_gone(conn, timeout=LOCK_WAIT * 2):
+        raise PreflightError("load workers of an earlier run are still connected to the target",
+                             detail="sessions: SELECT pid, backend_start, state FROM pg_stat_activity "
+                                    "WHERE application_name = 'hridaai-migrate'",
+                             hint="they stop after their current batch once their run is gone; if they stay, end "
+                                  "them with pg_terminate_backend(pid), then run `migrate run --resume`")
 
 
 async def _begin(conn, settings: Settings, plan: Plan, snapshot: Snapshot, parts: dict[str, list[load_parts.Part]],
@@ -234,37 +275,6 @@ async def _prepare_schema(conn, settings: Settings, plan: Plan, mode: str) -> No
         await conn.execute(f"DELETE FROM {schema}.config")  # HridaAI's first-start seed rows
 
 
-async def _load_part(conn, settings: Settings, plan: Plan, table: TablePlan, part: load_parts.Part, spec: dict,
-                     snapshot: Snapshot, progress: Progress, stop: StopFlag) -> None:
-    unit = part.unit
-    done = (await ledger.progress(conn)).get(unit)
-    units = {u["unit"]: u for u in await ledger.units(conn)}
-    if units.get(unit, {}).get("done"):
-        return
-    progress.start(unit, rows=part.rows, nbytes=part.bytes)
-    if done:
-        progress.advance(unit, rows=done.rows + done.quarantined, nbytes=0, batch=done.batches)
-    writer = BatchWriter(conn, settings=settings, plan=plan, table=table, unit=unit, spec=spec,
-                         snapshot_id=snapshot.snapshot_id)
-    batch_no = done.batches if done else 0
-    after = done.last_key if done else part.after
-    reader = Reader(snapshot, table, plan.policies, after=after, until=part.until)
-    try:
-        while True:
-            item = await asyncio.to_thread(reader.next)
-            if item is None:
-                break
-            batch_no += 1
-            await writer.write(batch_no, item)
-            progress.advance(unit, rows=len(item.raws), nbytes=item.nbytes, batch=batch_no)
-            if stop.requested:
-                return
-    finally:
-        reader.close()
-    await ledger.mark_unit_done(conn, unit)
-    progress.finish(unit)
-
-
 async def _finalize(conn, workers: list, plan: Plan, snapshot: Snapshot, run: dict, progress: Progress) -> None:
     """Indexes (create mode), sequences, alembic_version, ANALYZE — each recorded as a step, each idempotent."""
     steps = await ledger.steps(conn)
@@ -288,8 +298,7 @@ async def _finalize(conn, workers: list, plan: Plan, snapshot: Snapshot, run: di
                                    plan.source_revision)
             await ledger.step_done(conn, "alembic", snapshot.snapshot_id, plan.source_revision)
     progress.event("finalize", step="analyze")
-    await conn.execute(f"SET search_path TO {schema}")
-    await conn.execute("ANALYZE")
+    await _analyze(workers or [conn])
     await ledger.step_done(conn, "analyze", snapshot.snapshot_id)
     await ledger.finish_run(conn, run["run_id"])
     progress.event("finalize", step="done")
@@ -297,15 +306,32 @@ async def _finalize(conn, workers: list, plan: Plan, snapshot: Snapshot, run: di
 
 async def _build_indexes(conns: list, schema: str, statements: list[str]) -> None:
     """CREATE INDEX IF NOT EXISTS statements shared by the connections (each builds one index at a time)."""
+    for c in conns:
+        await c.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
+        await c.execute(f"SET search_path TO {schema}")
+    await _share(conns, statements)
+
+
+async def _share(conns: list, statements: list[str]) -> None:
+    """Run the statements, each once, on whichever connection is free next."""
     todo = list(statements)
 
     async def work(c) -> None:
-        await c.execute(f"SET maintenance_work_mem = '{INDEX_MEMORY}'")
-        await c.execute(f"SET search_path TO {schema}")
         while todo:
             await c.execute(todo.pop(0))
 
     await run_all(work(c) for c in conns)
+
+
+async def _analyze(conns: list) -> None:
+    """ANALYZE every table of the database (what a plain ANALYZE covers), biggest first, shared by the
+    connections."""
+    rows = await conns[0].fetch(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
+        "AND has_table_privilege(c.oid, 'SELECT') ORDER BY pg_table_size(c.oid) DESC, 1")
+    await _share(conns, [f"ANALYZE {r[0]}" for r in rows])
 
 
 async def _live_sequences(conn, schema: str) -> list[dict]:

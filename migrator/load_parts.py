@@ -18,6 +18,7 @@ SEP = "#"
 PART_BYTES = 32 << 20
 PART_ROWS = 50_000
 MAX_PARTS = 8
+SAMPLES = 64
 FIRST = -(2 ** 63)
 LAST = 2 ** 63 - 1
 
@@ -40,7 +41,7 @@ def table_of(unit: str) -> str:
 
 
 def count(table: TablePlan, stored: int = 0) -> int:
-    """How many parts: one per PART_BYTES (payload, or `stored` bytes of its pages when larger) or PART_ROWS rows,
+    """How many parts: one per PART_BYTES (payload, or the `stored` estimate when larger) or PART_ROWS rows,
     at most MAX_PARTS; tables whose rows reference each other (parents must commit first) and whole-table
     quarantines stay in one part."""
     if table.self_ref or table.action != "load" or table.rows < 2:
@@ -49,15 +50,21 @@ def count(table: TablePlan, stored: int = 0) -> int:
     return max(1, min(MAX_PARTS, table.rows, max(size // PART_BYTES, table.rows // PART_ROWS)))
 
 
-def stored_bytes(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
-    """Bytes of each table's pages (SQLite's dbstat; {} where this SQLite is built without it). `run` plans without
-    measuring payload, so this is what tells a table of big JSON values apart."""
-    try:
-        marks = ",".join("?" * len(names))
-        return dict(conn.execute(f"SELECT name, sum(pgsize) FROM dbstat WHERE name IN ({marks}) GROUP BY name",
-                                 names).fetchall())
-    except sqlite3.Error:
-        return {}
+def sampled_bytes(conn: sqlite3.Connection, table: TablePlan, samples: int = SAMPLES) -> int:
+    """The table's payload, estimated from `samples` rows spread over its rowid range (`run` plans without measuring
+    payload; this is what tells a table of big JSON values apart, in milliseconds where SQLite's dbstat read every
+    page: 0.8 s for a 935 MB database)."""
+    name = src.qi(table.name)
+    lo, hi = conn.execute(f"SELECT min(rowid), max(rowid) FROM {name}").fetchone()
+    cols = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
+    if lo is None or not cols:
+        return 0
+    size = " + ".join(f"coalesce(length(CAST({src.qi(c)} AS BLOB)), 0)" for c in cols)
+    sql = f"SELECT {size} FROM {name} WHERE rowid >= ? ORDER BY rowid LIMIT 1"
+    n = max(1, min(samples, table.rows))
+    seen = [conn.execute(sql, (lo + (hi - lo) * k // n,)).fetchone() for k in range(n)]
+    seen = [r[0] for r in seen if r is not None]
+    return sum(seen) * table.rows // len(seen) if seen else 0
 
 
 def split(conn: sqlite3.Connection, table: TablePlan, stored: int = 0) -> list[Part]:
@@ -77,7 +84,7 @@ def split_all(db_path, tables: list[TablePlan]) -> dict[str, list[Part]]:
     """Parts of every table, read from the snapshot's database."""
     conn = src.connect(db_path, immutable=True)
     try:
-        stored = stored_bytes(conn, [t.name for t in tables if t.action == "load" and not t.self_ref])
-        return {t.name: split(conn, t, stored.get(t.name, 0)) for t in tables}
+        return {t.name: split(conn, t, 0 if count(t) == MAX_PARTS or t.self_ref or t.action != "load"
+                                    else sampled_bytes(conn, t)) for t in tables}
     finally:
         conn.close()

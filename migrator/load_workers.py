@@ -1,0 +1,191 @@
+"""Table parts loaded in worker processes: each worker reads its part from the snapshot, converts it and COPYs it
+on its own connection, so that reading and converting (Python work that holds the GIL) use every core.
+
+The main process schedules parts (parents before children) and relays the workers' progress. A worker never
+outlives the run: it is killed with its parent (PR_SET_PDEATHSIG on Linux, and a check of its parent after every
+batch elsewhere), it stops after the current batch once the run is asked to stop, and it holds a shared advisory
+lock (ledger.WRITERS_KEY) that a later run waits for before reading the ledger — no batch of a killed run can
+commit behind a resumed run's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import functools
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from migrator import ledger, load_parts
+from migrator.errors import MigrationError, TransientError
+from migrator.load_unit import load_part
+from migrator.plan_model import Plan
+from migrator.progress import Progress
+from migrator.settings import Settings
+from migrator.snapshot import Snapshot
+from migrator.targets import postgres as pgt
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs, sent once when it starts."""
+
+    settings: Settings
+    plan: Plan
+    snapshot: Snapshot
+
+
+class Pool:
+    """`workers` spawned load processes; `await pool.load(part)` loads one part in one of them."""
+
+    def __init__(self, job: Job, workers: int, progress: Progress, loop: asyncio.AbstractEventLoop):
+        ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of this event loop or its sockets
+        self.events = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.progress = progress
+        self.loop = loop
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start,
+                                            initargs=(job, self.events, self.stop_event, os.getpid()))
+        self.workers = workers
+        self.closed = False
+        self.relay = threading.Thread(target=self._relay, daemon=True, name="load-progress")
+        self.relay.start()
+        for _ in range(workers):  # each submit starts one more process (up to `workers`): start them all now
+            self.executor.submit(_ready)
+
+    async def load(self, part: load_parts.Part) -> bool:
+        """True once the part is done; False when it stopped early (stop asked)."""
+        try:
+            return await asyncio.wrap_future(self.executor.submit(_load, part))
+        except BrokenProcessPool as exc:
+            raise TransientError(f"a load worker process died while loading {part.unit}",
+                                 detail=f"{exc} (killed by a signal, or by the kernel's out-of-memory killer?)",
+                                 hint="everything committed is in the ledger; `migrate run --resume` continues"
+                                 ) from None
+
+    def stop(self) -> None:
+        """Workers finish their current batch, commit it and return."""
+        self.stop_event.set()
+
+    def close(self, *, kill: bool) -> None:
+        """Wait for the workers to exit; kill=True ends them at once (a batch in flight rolls back)."""
+        if self.closed:
+            return
+        self.closed = True
+        if kill:
+            for proc in list(getattr(self.executor, "_processes", {}).values()):
+                proc.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.events.put(None)
+        self.relay.join(timeout=5)
+        self.events.close()
+
+    def _relay(self) -> None:
+        while (msg := self.events.get()) is not None:
+            name, args, kwargs = msg
+            try:
+                self.loop.call_soon_threadsafe(functools.partial(getattr(self.progress, name), *args, **kwargs))
+            except RuntimeError:  # the loop has closed
+                return
+
+
+# ---- in the worker process ----
+
+_state: dict[str, Any] = {}
+
+
+class _QueueProgress(Progress):
+    """Progress calls sent to the main process, which shows them."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def start(self, unit: str, **kw) -> None:
+        self.events.put(("start", (unit,), kw))
+
+    def advance(self, unit: str, **kw) -> None:
+        self.events.put(("advance", (unit,), kw))
+
+    def finish(self, unit: str) -> None:
+        self.events.put(("finish", (unit,), {}))
+
+    def event(self, stage: str, **fields: Any) -> None:
+        self.events.put(("event", (stage,), fields))
+
+
+class _StopFlag:
+    """Stop after the current batch when the run asks, or when the main process is gone."""
+
+    def __init__(self, event, parent: int):
+        self.event = event
+        self.parent = parent
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.parent
+
+
+def _start(job: Job, events, stop_event, parent: int) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the main decides
+    loop = asyncio.new_event_loop()
+    _state.update(job=job, progress=_QueueProgress(events), stop=_StopFlag(stop_event, parent), loop=loop,
+                  conn=None, spec={t.name: t for t in job.plan.tables})
+    atexit.register(_close)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the per-batch parent check still stops the worker
+
+
+def _ready() -> None:
+    """Nothing: submitted once per worker so that every process starts (and imports) before the first part."""
+
+
+def _load(part: load_parts.Part) -> bool:
+    try:
+        return _state["loop"].run_until_complete(_load_async(part))
+    except MigrationError:
+        raise
+    except Exception as exc:
+        from migrator.load import TRANSIENT
+
+        if isinstance(exc, TRANSIENT) or (_state["conn"] is not None and _state["conn"].is_closed()):
+            raise TransientError(f"lost the connection to the target while loading {part.unit}",
+                                 detail=f"{exc.__class__.__name__}: {exc}",
+                                 hint="everything committed is in the ledger; `migrate run --resume` continues"
+                                 ) from None
+        raise MigrationError(f"loading {part.unit} failed: {exc.__class__.__name__}: {exc}",
+                             detail="".join(traceback.format_exception(exc, limit=-8)).strip()) from None
+
+
+async def _load_async(part: load_parts.Part) -> bool:
+    job: Job = _state["job"]
+    conn = _state["conn"]
+    if conn is None or conn.is_closed():
+        conn = _state["conn"] = await pgt.connect(job.settings.target_url, bulk=True)
+        await ledger.hold_writer(conn)
+    spec = _state["spec"]
+    return await load_part(conn, job.settings, job.plan, spec[part.table], part, spec, job.snapshot,
+                           _state["progress"], _state["stop"])
+
+
+def _close() -> None:
+    conn, loop = _state.get("conn"), _state.get("loop")
+    if conn is not None and loop is not None and not loop.is_closed():
+        loop.run_until_complete(pgt.close_quietly(conn))
