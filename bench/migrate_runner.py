@@ -1,8 +1,9 @@
 """Run the ``migrate`` CLI as a child process: wall time, peak RSS, exit code, and per-table load windows.
 
-Peak RSS comes from ``os.wait4`` on that very child (``ru_maxrss`` of the child and the descendants it waited for),
-so earlier children do not leak into the figure the way ``RUSAGE_CHILDREN`` would; a tiny launcher process does the
-fork so the benchmark's own memory is not charged to the child (see LAUNCHER).
+Peak RSS comes from ``os.wait4`` on that very child (``ru_maxrss``: the largest of the child and the descendants it
+waited for), so earlier children do not leak into the figure the way ``RUSAGE_CHILDREN`` would; a tiny launcher
+process does the fork so the benchmark's own memory is not charged to the child (see LAUNCHER). The launcher also
+samples the RSS summed over the child's whole process tree (its worker processes): ``peak_tree_rss_mb``.
 
 Per-table timing: from the tool's own JSON-lines ``load`` start/done events when it prints them; otherwise observed
 from outside: while ``migrate run`` works, a separate connection samples the size of every table in ``public``
@@ -45,19 +46,51 @@ def default_command() -> list[str]:
 
 # The child is started by a fresh, small Python launcher rather than forked from this (possibly large) process:
 # Linux charges the pre-exec copy of the parent's memory to the child's ru_maxrss, which would inflate peak RSS.
+# It also samples, every TREE_S seconds, the RSS summed over the child and all its descendants (the tool's worker
+# processes): what a container's memory limit sees, where ru_maxrss only gives the largest single process.
 LAUNCHER = r"""
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, threading, time
+TREE_S = 0.2
 t0, epoch = time.perf_counter(), time.time()
 try:
     p = subprocess.Popen(sys.argv[2:])
 except OSError as exc:
     print(f"could not start {sys.argv[2]}: {exc}", file=sys.stderr)
     sys.exit(127)
+done, peak = threading.Event(), [0, 0]
+def tree_rss(root):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    total, n, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                n += 1
+        except (OSError, ValueError, IndexError):
+            pass
+        todo += kids.get(pid, [])
+    return total, n
+def sample():
+    while not done.wait(TREE_S):
+        total, n = tree_rss(p.pid)
+        peak[0], peak[1] = max(peak[0], total), max(peak[1], n)
+if sys.platform.startswith("linux"):
+    threading.Thread(target=sample, daemon=True).start()
 _, status, usage = os.wait4(p.pid, 0)
+done.set()
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as f:
     json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss,
-               "start_epoch": epoch}, f)
+               "tree_rss_kb": peak[0] // 1024 or None, "processes": peak[1], "start_epoch": epoch}, f)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
@@ -75,7 +108,9 @@ def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dic
     except (OSError, ValueError):
         usage = {"exit_code": None, "seconds": 0.0, "maxrss_kb": None}
     rss = usage["maxrss_kb"] / 1024 if usage["maxrss_kb"] is not None else None
+    tree = usage.get("tree_rss_kb")
     return {"exit_code": usage["exit_code"], "seconds": usage["seconds"], "peak_rss_mb": rss,
+            "peak_tree_rss_mb": tree / 1024 if tree else None, "processes": usage.get("processes"),
             "start_epoch": usage.get("start_epoch"),
             "stdout": str(out_path), "stderr": str(err_path), "ok": usage["exit_code"] == 0}
 

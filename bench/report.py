@@ -49,6 +49,9 @@ def summarize(stats: dict, baselines: dict, runs: list[dict]) -> dict:
                     "verify_ok": [r["verify"]["ok"] for r in ok if r.get("verify")],
                     "peak_rss_mb": _median([r["run"]["peak_rss_mb"] for r in ok]),
                     "verify_peak_rss_mb": _median([r["verify"]["peak_rss_mb"] for r in ok if r.get("verify")]),
+                    "peak_tree_rss_mb": _median([r["run"].get("peak_tree_rss_mb") for r in ok]),
+                    "verify_peak_tree_rss_mb": _median([r["verify"].get("peak_tree_rss_mb") for r in ok
+                                                        if r.get("verify")]),
                     "all_tables_rows": all_rows, "end_to_end_rows_per_s": _ratio(all_rows, run_s),
                     "phases_s": {k: _median([r["run"].get("phases", {}).get(k) for r in ok])
                                  for k in ("before_load_s", "load_s", "finalize_s", "after_s")}},
@@ -109,11 +112,13 @@ def render(summary: dict, header: str) -> str:
               "~ naive rate measured on a prefix within the time budget and applied to the whole table.",
               "",
               f"migrate run   : {m['succeeded']}/{m['runs']} runs ok; median wall {_fmt(m['run_seconds'], 1, ' s')}, "
-              f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')}, end-to-end {_fmt(m['end_to_end_rows_per_s'])} rows/s",
+              f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')} (largest process; all processes together "
+              f"{_fmt(m.get('peak_tree_rss_mb'), 0, ' MB')}), end-to-end {_fmt(m['end_to_end_rows_per_s'])} rows/s",
               "  phases (from its events): " + ", ".join(
                   f"{k[:-2].replace('_', ' ')} {_fmt(v, 1, ' s')}" for k, v in m["phases_s"].items()),
               f"migrate verify: median wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
-              f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')}, exit 0 in {sum(m['verify_ok'])}/{len(m['verify_ok'])}"]
+              f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
+              f", exit 0 in {sum(m['verify_ok'])}/{len(m['verify_ok'])}"]
     return "\n".join(lines)
 
 

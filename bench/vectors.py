@@ -260,8 +260,10 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
             "migrate": {"runs": len(runs), "succeeded": len(ok), "run_seconds": run_s,
                         "vector_load_vectors_per_s": load_rate, "phases_s": phases,
                         "peak_rss_mb": _median([r["run"]["peak_rss_mb"] for r in ok]),
+                        "peak_tree_rss_mb": _median([r["run"].get("peak_tree_rss_mb") for r in ok]),
                         "verify_seconds": ver_s, "verify_ok": [v["ok"] for v in ver],
                         "verify_peak_rss_mb": _median([v["peak_rss_mb"] for v in ver]),
+                        "verify_peak_tree_rss_mb": _median([v.get("peak_tree_rss_mb") for v in ver]),
                         "recall_at_10": _median([v["report"].get("recall_at_10") for v in ver]),
                         "self_retrieval": ver[0]["report"].get("self_retrieval") if ver else None,
                         "vs_ceiling": _ratio(load_rate, ceil), "vs_chroma_read": _ratio(load_rate, read)}}
@@ -287,11 +289,13 @@ def render(summary: dict, header: str) -> str:
     if m["runs"]:
         out += ["",
                 f"migrate run   : {m['succeeded']}/{m['runs']} ok; median wall {_fmt(m['run_seconds'], 1, ' s')}, "
-                f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')}",
+                f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')} (largest process; all processes together "
+                f"{_fmt(m.get('peak_tree_rss_mb'), 0, ' MB')})",
                 "  phases (from its events): " + ", ".join(
                     f"{k[:-2].replace('_', ' ')} {_fmt(v, 1, ' s')}" for k, v in m["phases_s"].items()),
                 f"migrate verify: wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
-                f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')}, exit 0 in {sum(bool(x) for x in m['verify_ok'])}/"
+                f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
+                f", exit 0 in {sum(bool(x) for x in m['verify_ok'])}/"
                 f"{len(m['verify_ok'])}, recall@10 {m['recall_at_10']}, self-retrieval {m['self_retrieval']}"]
     out += ["",
             "÷ceiling / ÷chroma read: rate of the line divided by the (first) ceiling's / the chromadb read's.",

@@ -30,7 +30,8 @@ def _common(f):
                      help="Override a conversion policy (see `migrate policies`)."),
         click.option("--orphans", type=click.Choice(["quarantine", "fail"]), default=None,
                      help="Rows pointing at a missing parent: quarantine them (default) or fail."),
-        click.option("--jobs", type=int, help="Parallel connections (default: min(2, cores))."),
+        click.option("--jobs", type=int, help="Parallel workers: load processes, collections, verify processes "
+                                              "(default: min(2, cores))."),
     ]
     for opt in reversed(options):
         f = opt(f)

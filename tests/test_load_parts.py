@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import time
 
-from conftest import SMALL, query, run_cli
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 from test_resume import _no_duplicates, _start
 
 from migrator import load_parts
@@ -91,7 +91,16 @@ def test_table_in_parts_survives_sigkill_and_verifies(target_url, tmp_path):
     assert proc.poll() is None, "the run ended before both parts of `message` were loading"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the load workers (processes) die with the run: their sessions end and nothing more is committed
+    deadline = time.time() + 10
+    while query(target_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hridaai-migrate'"
+                )[0][0] and time.time() < deadline:
+        time.sleep(0.1)
+    assert query(target_url, "SELECT count(*) FROM pg_stat_activity "
+                             "WHERE application_name = 'hridaai-migrate'")[0][0] == 0
     partial = query(target_url, "SELECT count(*) FROM public.message")[0][0]
+    time.sleep(1)
+    assert query(target_url, "SELECT count(*) FROM public.message")[0][0] == partial
     assert 0 < partial < EXTRA
 
     done = run_cli("run", "--resume", *common)
@@ -117,3 +126,45 @@ def test_part_count_uses_sampled_bytes_when_payload_is_unmeasured(tmp_path):
     parts = load_parts.split_all(db, [_plan(rows=700, bytes=0)])["t"]  # bytes=0: as `run` plans
     assert len(parts) == 2 and sum(p.rows for p in parts) == 700
     assert load_parts.sampled_bytes(sqlite3.connect(db), _plan(rows=700, bytes=0)) == 70_000_000
+
+
+def test_run_waits_for_writers_of_a_killed_run(target_url, tmp_path):
+    """A session still holding the load workers' lock (a worker of an earlier run the server has not yet seen go)
+    keeps a new run from reading the ledger: refused with what to do, nothing written."""
+    import asyncio
+
+    import asyncpg
+
+    from migrator import ledger
+
+    async def scenario():
+        holder = await asyncpg.connect(target_url)
+        try:
+            await ledger.hold_writer(holder)
+            proc = await asyncio.create_subprocess_exec(
+                *MIGRATE, "run", "--data-dir", str(SMALL), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+                "--log-format", "none", stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+                env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+            _, err = await proc.communicate()
+            return proc.returncode, err.decode()
+        finally:
+            await holder.close()
+
+    code, err = asyncio.run(scenario())
+    assert code == 4, err
+    assert "load workers of an earlier run are still connected" in err and "pg_terminate_backend" in err
+    assert query(target_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")[0][0] == 0
+    done = run_cli("run", "--data-dir", str(SMALL), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+                   "--log-format", "none")
+    assert done.returncode == 0, done.stderr
+
+
+def test_errors_cross_from_a_load_worker_whole():
+    """A worker's error reaches the main process (pickled) with its message, detail, hint and exit code."""
+    import pickle
+
+    from migrator.errors import PreflightError, TransientError
+
+    for exc in (PreflightError("m", detail="d", hint="h"), TransientError("lost", hint="resume")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert (type(back), back.render(), back.exit_code) == (type(exc), exc.render(), exc.exit_code)
