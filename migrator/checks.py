@@ -172,9 +172,12 @@ def _unique_groups(target: cat.Table) -> list[tuple[str, list[str], str | None]]
 def _unique_checks(conn, t, target: cat.Table) -> list[Check]:
     out = []
     source_cols = {c.name for c in t.columns if c.source_type}
+    enforced = _unique_in_sqlite(conn, t.name)
     for name, exprs, where in _unique_groups(target):
         if not all(re.sub(r"^pg_lower\((.*)\)$", r"\1", e).strip('"') in source_cols for e in exprs):
             continue
+        if where is None and frozenset(exprs) in enforced:
+            continue  # SQLite enforces the same uniqueness (no GROUP BY over a million rows to find nothing)
         cond = " AND ".join(f"{e} IS NOT NULL" for e in exprs) + (f" AND ({where})" if where else "")
         sql = (f"SELECT {', '.join(exprs)}, count(*), group_concat(rowid) FROM {src.qi(t.name)} WHERE {cond} "
                f"GROUP BY {', '.join(exprs)} HAVING count(*) > 1")
@@ -189,6 +192,19 @@ def _unique_checks(conn, t, target: cat.Table) -> list[Check]:
                          detail="; ".join(shown) + more,
                          hint="resolve them in HridaAI before migrating (e.g. merge or rename the duplicate "
                               "users, tags, prompt commands, skills or share links), then snapshot again"))
+    return out
+
+
+def _unique_in_sqlite(conn, table: str) -> set[frozenset[str]]:
+    """Column sets (quoted as _unique_groups quotes them) that a full, BINARY-collated unique index of the source
+    table enforces: equal values there are equal bytes, as PostgreSQL's text equality compares them."""
+    out = set()
+    for _, index, unique, _, partial in conn.execute(f"PRAGMA index_list({src.qi(table)})").fetchall():
+        if not unique or partial:
+            continue
+        cols = [r for r in conn.execute(f"PRAGMA index_xinfo({src.qi(index)})").fetchall() if r[5]]  # key columns
+        if cols and all(r[2] is not None and str(r[4]).upper() == "BINARY" for r in cols):
+            out.add(frozenset(src.qi(r[2]) for r in cols))
     return out
 
 

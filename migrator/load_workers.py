@@ -84,7 +84,7 @@ class Pool:
             return
         self.closed = True
         if kill:
-            for proc in list(getattr(self.executor, "_processes", {}).values()):
+            for proc in list((getattr(self.executor, "_processes", None) or {}).values()):
                 proc.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.events.put(None)

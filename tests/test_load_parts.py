@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import time
 
+import pytest
 from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 from test_resume import _no_duplicates, _start
 
@@ -32,11 +33,12 @@ def test_part_count_follows_rows_and_bytes_only():
     assert load_parts.count(TablePlan(name="t", action="quarantine", rows=10 ** 6)) == 1
 
 
-def test_parts_cover_every_rowid_once_in_order(tmp_path):
+@pytest.mark.parametrize("rowid", [lambda i: i * 7 - 500, lambda i: i + 3], ids=["gaps", "dense"])
+def test_parts_cover_every_rowid_once_in_order(tmp_path, rowid):
     db = tmp_path / "x.db"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE t (v TEXT)")
-    conn.executemany("INSERT INTO t (rowid, v) VALUES (?, 'x')", [(i * 7 - 500,) for i in range(175_003)])
+    conn.executemany("INSERT INTO t (rowid, v) VALUES (?, 'x')", [(rowid(i),) for i in range(175_003)])
     conn.commit()
     rowids = [r[0] for r in conn.execute("SELECT rowid FROM t ORDER BY rowid")]
     conn.close()

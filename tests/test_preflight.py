@@ -137,3 +137,29 @@ def test_check_constraints_of_the_target_are_evaluated_on_the_source():
     found = checks._check_constraints(db, TablePlan("channel_member", "load", columns=columns, key=["id"]), target)
     assert len(found) == 1 and "ck_channel_member_identity" in found[0].message
     assert found[0].detail == 'keys: ["both"], ["neither"]' and found[0].severity == "warning"
+
+
+def test_unique_checks_skip_only_what_sqlite_enforces_the_same_way():
+    """A key SQLite already keeps unique (a full BINARY unique index) is not grouped again; a NOCASE or partial
+    unique index, or none, does not count: their duplicates are still found."""
+    from migrator import catalog, checks
+    from migrator.plan_model import ColumnPlan, TablePlan
+
+    target = catalog.load("0bd252b206fb").tables["tag"]
+    db = sqlite3.connect(":memory:")
+    db.create_function("pg_lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
+    db.execute("CREATE TABLE tag (id TEXT, name TEXT, user_id TEXT, meta TEXT)")
+    db.execute("CREATE UNIQUE INDEX nocase_pk ON tag (id COLLATE NOCASE, user_id)")
+    db.execute("CREATE UNIQUE INDEX partial_pk ON tag (id, user_id) WHERE meta IS NULL")
+    db.execute("CREATE UNIQUE INDEX one_col ON tag (name)")
+    db.executemany("INSERT INTO tag VALUES (?, ?, 'u', '{}')", [("a", "x"), ("b", "y")])
+    assert checks._unique_in_sqlite(db, "tag") == {frozenset(['"name"'])}
+    db.execute("DROP INDEX nocase_pk")
+    db.execute("INSERT INTO tag VALUES ('a', 'z', 'u', '{}')")  # (id, user_id) twice: the target's primary key
+    columns = [ColumnPlan(c.name, "TEXT", c.type, c.nullable) for c in target.columns]
+    found = checks._unique_checks(db, TablePlan("tag", "load", columns=columns, key=["id", "user_id"]), target)
+    assert [c.code for c in found] == ["unique-conflict"] and '["a", "u"]' in found[0].detail
+    db.execute("DELETE FROM tag WHERE name = 'z'")
+    db.execute("CREATE UNIQUE INDEX full_pk ON tag (user_id, id)")
+    assert frozenset(['"id"', '"user_id"']) in checks._unique_in_sqlite(db, "tag")
+    assert checks._unique_checks(db, TablePlan("tag", "load", columns=columns, key=["id", "user_id"]), target) == []
