@@ -130,10 +130,11 @@ def test_spec_defaults_follow_hridaai():
 
 def test_halfvec_encoding_without_server():
     spec = pgv.VectorTableSpec(dimension=4, halfvec=True)
-    value = pgv._vector_value(np.array([0.5, -1.25, 3.0, 0.0], dtype=np.float32), spec)
-    assert value.to_numpy().tolist() == [0.5, -1.25, 3.0, 0.0]
-    with pytest.raises(ValueError, match="halfvec range"):
-        pgv._vector_value(np.array([1e6, 0, 0, 0], dtype=np.float32), spec)
+    good, big = pgv.encode_vectors([np.array([0.5, -1.25, 3.0], dtype=np.float32),
+                                    np.array([1e6, 0, 0, 0], dtype=np.float32)], spec)
+    assert good[:4] == b"\x00\x04\x00\x00"  # dimension 4, then big-endian float16, zero-padded
+    assert np.frombuffer(good[4:], dtype=">f2").tolist() == [0.5, -1.25, 3.0, 0.0]
+    assert isinstance(big, str) and "halfvec range" in big
 
 
 # --- DDL ----------------------------------------------------------------------------------
@@ -350,3 +351,16 @@ def test_real_fixture_end_to_end(db, tmp_path):
     assert all(np.array_equal(back[i][:384], v) and not back[i][384:].any()
                for i, v in source.items())
     assert hit["id"] == probe and abs(hit["d"]) < 1e-6
+
+
+def test_copy_refuses_a_vector_pgvector_cannot_store(db):
+    spec = pgv.VectorTableSpec(dimension=4)
+
+    async def go(conn):
+        await _setup(conn, spec)
+        with pytest.raises(ValueError, match="chunk b: vector holds NaN"):
+            await pgv.copy_chunks(conn, [("a", [1.0, 0, 0], "c", None, None),
+                                         ("b", [float("nan"), 0, 0, 0], "c", None, None)], spec=spec)
+        return await conn.fetchval("SELECT count(*) FROM document_chunk")
+
+    assert db(go) == 0

@@ -322,28 +322,6 @@ async def _register(conn: Any) -> None:
         _registered.add(conn)
 
 
-def _vector_value(vec: Any, spec: VectorTableSpec) -> Any:
-    from pgvector import HalfVector, Vector
-
-    arr = np.asarray(vec, dtype=np.float32).reshape(-1)
-    if arr.shape[0] != spec.dimension:
-        raise ValueError(f"vector has {arr.shape[0]} dimensions, table has {spec.dimension}: pad() it")
-    if spec.halfvec:
-        with np.errstate(over="ignore"):  # overflow is reported below, as a ValueError
-            half = arr.astype(np.float16)
-        if not np.isfinite(half).all():
-            raise ValueError("vector value exceeds halfvec range (|x| > 65504)")
-        return HalfVector(half)
-    return Vector(arr)
-
-
-def _record(row: Sequence[Any], spec: VectorTableSpec) -> tuple[tuple[Any, ...], bool]:
-    chunk_id, vec, collection_name, text, vmetadata = row
-    text, changed = clean_text(text)
-    value = None if vec is None else _vector_value(vec, spec)
-    return (chunk_id, value, collection_name, text, vmetadata), changed
-
-
 async def register_encoded(conn: Any) -> None:
     """Make `conn` take vector/halfvec values already in pgvector's binary form (see encode_vectors)."""
     for name in ("vector", "halfvec"):
@@ -397,19 +375,22 @@ async def copy_encoded(conn: Any, records: list[tuple]) -> None:
 async def copy_chunks(
     conn: Any, rows: Iterable[Sequence[Any]], *, spec: VectorTableSpec
 ) -> CopyResult:
-    """COPY ``rows`` of (id, padded vector, collection_name, text, vmetadata_json) into the table.
-
-    Uses the pgvector binary codec (registered once per connection).  NUL and lone surrogates
-    are stripped from ``text``; the number of texts changed is returned.  Run it inside the
-    caller's transaction to make a batch and its ledger row atomic.
-    """
-    await _register(conn)
-    records = []
-    cleaned = 0
-    for row in rows:
-        record, changed = _record(row, spec)
-        records.append(record)
+    """COPY ``rows`` of (id, vector, collection_name, text, vmetadata_json) into the table, the way the load does
+    (encode_vectors: zero-padded to the table dimension, pgvector's binary form; copy_encoded). NUL and lone
+    surrogates are stripped from ``text``; the number of texts changed is returned. ValueError (pad()'s words) for
+    a vector that cannot be stored. Run it inside the caller's transaction to make a batch and its ledger row
+    atomic; `conn` keeps the bytes codec for vector/halfvec afterwards (register_vector to read them as vectors)."""
+    rows = [tuple(r) for r in rows]
+    encoded = iter(encode_vectors([np.asarray(r[1], dtype=np.float32).reshape(-1) for r in rows
+                                   if r[1] is not None], spec))
+    records, cleaned = [], 0
+    for chunk_id, vec, collection_name, text, vmetadata in rows:
+        value = None if vec is None else next(encoded)
+        if isinstance(value, str):
+            raise ValueError(f"chunk {chunk_id}: {value}")
+        text, changed = clean_text(text)
         cleaned += changed
-    if records:
-        await conn.copy_records_to_table(TABLE, records=records, columns=list(COLUMNS))
+        records.append((chunk_id, value, collection_name, text, vmetadata))
+    await register_encoded(conn)
+    await copy_encoded(conn, records)
     return CopyResult(rows=len(records), texts_cleaned=cleaned)
