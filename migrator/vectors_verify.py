@@ -4,6 +4,7 @@ self-retrieval and recall@10 against an exact search over the snapshot's vectors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import multiprocessing
@@ -28,9 +29,10 @@ try:
 except (OSError, AttributeError):
     _LIBC = None
 SAMPLE_PER_COLLECTION = 20
-EXACT_LIMIT = 50_000  # recall@10 needs the whole collection in memory for the exact scan
+EXACT_TIES = 20  # rows beyond the 10th the exact scan returns, for ties at the 10th distance
 K = 10
 SHOW = 10
+BUDGET_CHUNKS = 30_000  # chunks read by all vector-verify workers at once (see _Budget)
 BUNDLE_CHUNKS = 10_000  # at 50k vectors, main + 2 workers: 25k 661 MB (19.2 s), 10k 523 MB, + malloc_trim 474 MB (25.6 s)
 
 
@@ -54,11 +56,17 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
     work = _bundles(infos)
     loop = asyncio.get_running_loop()
     results: dict[str, tuple] = {}
-    with ProcessPoolExecutor(max_workers=max(1, min(settings.jobs, len(work) or 1)), max_tasks_per_child=1,
+    workers = max(1, min(settings.jobs, len(work) or 1))
+    gate = _Budget(workers, BUDGET_CHUNKS)
+    with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = await asyncio.gather(*(loop.run_in_executor(
-            pool, _run_bundle, settings, snapshot, bundle, counts, {unit_of(i["name"]): quarantined.get(
-                unit_of(i["name"]), {}) for i in bundle}, seed) for bundle in work))
+        async def run(bundle: list[dict]) -> dict[str, tuple]:
+            async with gate.taken(sum(i["count"] for i in bundle)):
+                return await loop.run_in_executor(
+                    pool, _run_bundle, settings, snapshot, bundle, counts,
+                    {unit_of(i["name"]): quarantined.get(unit_of(i["name"]), {}) for i in bundle}, seed)
+
+        done = await asyncio.gather(*(run(bundle) for bundle in work))
     for part in done:
         results.update(part)
     out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
@@ -75,6 +83,32 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
         out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
     out["recall_at_10"] = round(float(np.mean(recalls_all)), 4) if recalls_all else None
     return out
+
+
+class _Budget:
+    """At most `workers` bundles at once, together at most `chunks` chunks; a bundle bigger than that (one big
+    collection) runs alone. Worker memory follows the chunks it reads (chromadb keeps a collection's whole HNSW
+    index), so this bounds the processes' sum, not just each one."""
+
+    def __init__(self, workers: int, chunks: int) -> None:
+        self.workers = workers
+        self.chunks = chunks
+        self.running: list[int] = []
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def taken(self, size: int):
+        """Wait until `size` chunks fit, hold them while the body runs."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.running or (
+                len(self.running) < self.workers and sum(self.running) + size <= self.chunks))
+            self.running.append(size)
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.running.remove(size)
+                self.changed.notify_all()
 
 
 def _bundles(infos: list[dict]) -> list[list[dict]]:
@@ -111,9 +145,9 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
             stats = {"queries": 0, "hits": 0}
             recalls: list[float] = []
             rng = random.Random(None if seed is None else f"{seed}:{info['name']}")
-            loaded = _Kept(info["count"] if info["count"] <= EXACT_LIMIT else 0)
-            entry = await _collection(conn, client, info, spec, counts, quarantined, problems, loaded)
-            entry.update(await _search(conn, info, spec, rng, stats, problems, recalls, loaded))
+            sample = await _Sample.drawn(conn, info["name"], f"{seed}:{rng.random()}", spec)
+            entry = await _collection(conn, client, info, spec, counts, quarantined, problems, sample)
+            entry.update(await _search(conn, info, spec, stats, problems, recalls, sample))
             out[info["name"]] = (entry, problems, stats, recalls)
     finally:
         await pgt.close_quietly(conn)
@@ -129,33 +163,48 @@ async def _quarantined(conn) -> dict[str, dict[str, str]]:
     return out
 
 
-class _Kept:
-    """Ids and vectors of a collection kept for the search checks, in one float32 matrix made at the first vector
-    (capacity 0: keep nothing)."""
+class _Sample:
+    """The queries of the search checks (SAMPLE_PER_COLLECTION loaded chunks, drawn from the target before the
+    collection is read) and, for each, the K nearest of the snapshot's vectors, kept while the collection streams
+    by: an exact scan that holds K + EXACT_TIES distances per query, never the collection."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.ids: list[str] = []
-        self._matrix: np.ndarray | None = None
+    def __init__(self, ids: list[str], queries: np.ndarray) -> None:
+        self.ids = ids
+        self.queries = queries  # one row per query, float32, padding removed later per batch
+        self.norms = np.maximum(np.linalg.norm(queries, axis=1), 1e-30) if len(ids) else queries
+        self.best: list[list[tuple[float, str]]] = [[] for _ in ids]
 
-    def add(self, chunk_id: str, vec: np.ndarray) -> None:
-        """Keep one vector (a collection has one dimension: plan refuses mixed ones)."""
-        if self._matrix is None:
-            self._matrix = np.empty((self.capacity, vec.shape[0]), dtype=np.float32)
-        if len(self.ids) < self.capacity and vec.shape[0] == self._matrix.shape[1]:
-            self._matrix[len(self.ids)] = vec
-            self.ids.append(chunk_id)
+    @classmethod
+    async def drawn(cls, conn, name: str, seed: str, spec) -> _Sample:
+        """Pseudo-random (by seed), repeatable loaded chunks of the collection and their vectors."""
+        rows = await conn.fetch("SELECT id, vector FROM document_chunk WHERE collection_name = $1 "
+                                "ORDER BY md5($2 || id), id LIMIT $3", name, seed, SAMPLE_PER_COLLECTION)
+        if not rows:
+            return cls([], np.empty((0, 0), dtype=np.float32))
+        vecs = np.stack([np.asarray(r["vector"].to_numpy() if hasattr(r["vector"], "to_numpy") else r["vector"],
+                                    dtype=np.float32) for r in rows])
+        return cls([r["id"] for r in rows], vecs)
 
-    def matrix(self) -> np.ndarray:
-        """The kept vectors, one row each, in the order of `ids`."""
-        return self._matrix[:len(self.ids)] if self._matrix is not None else np.empty((0, 0), dtype=np.float32)
+    def offer(self, ids: list[str], vectors: list) -> None:
+        """Distances from every query to a batch of source vectors; keep each query's nearest."""
+        keep = [(i, v) for i, v in zip(ids, vectors) if v is not None]
+        if not self.ids or not keep:
+            return
+        batch = np.stack([np.asarray(v, dtype=np.float32) for _, v in keep])
+        q = self.queries[:, :batch.shape[1]]
+        dist = 1.0 - (q @ batch.T) / (self.norms[:, None] * np.maximum(np.linalg.norm(batch, axis=1), 1e-30))
+        limit = K + EXACT_TIES
+        for row, best in zip(dist, self.best):
+            near = np.argsort(row, kind="stable")[:limit]
+            best += [(float(row[j]), keep[j][0]) for j in near]
+            best.sort()
+            del best[limit:]
 
 
 async def _collection(conn, client, info: dict, spec, counts: dict, quarantined: dict, problems: list,
-                      loaded: _Kept) -> dict:
-    """Every chunk compared; the loaded ids and vectors are kept in `loaded` for the search checks (small ones)."""
+                      sample: _Sample) -> dict:
+    """Every chunk compared; the sampled loaded chunks are kept in `sample` for the search checks."""
     name = info["name"]
-    keep = loaded.capacity > 0
     q = quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
@@ -170,10 +219,7 @@ async def _collection(conn, client, info: dict, spec, counts: dict, quarantined:
             "SELECT id, vector, collection_name, text, vmetadata::text AS meta FROM document_chunk "
             "WHERE id = ANY($1::text[])", [c.id for c in wanted])}
         bad += [c.id for c in wanted if not _same(c, rows.get(c.id), name, spec)]
-        if keep:
-            for c in wanted:
-                if c.embedding is not None:
-                    loaded.add(c.id, np.asarray(c.embedding, dtype=np.float32))
+        sample.offer([c.id for c in wanted], [c.embedding for c in wanted])
     target = counts.get(name, 0)
     missing = [cid for cid, policy in q.items() if policy == "missing_vector"]
     ok = not bad and source == target + len(q)
@@ -212,30 +258,27 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, info: dict, spec, rng, stats: dict, problems: list, recalls: list, loaded: _Kept) -> dict:
-    """Self-retrieval (the chunk first at distance ~0) and recall@10 vs an exact cosine scan (of what was loaded)."""
+async def _search(conn, info: dict, spec, stats: dict, problems: list, recalls: list, sample: _Sample) -> dict:
+    """Self-retrieval (the chunk's vector finds that chunk first, at distance ~0, as HridaAI searches) and recall@10
+    against the exact scan of the snapshot's vectors made while they streamed by."""
     name = info["name"]
-    ids, matrix = loaded.ids, loaded.matrix()
-    if not ids:
+    if not sample.ids:
         return {"self_retrieval": None, "recall_at_10": None}
-    norms = np.maximum(np.linalg.norm(matrix, axis=1), 1e-30)  # no normalised copy: memory is one matrix
-    picks = rng.sample(range(len(ids)), min(SAMPLE_PER_COLLECTION, len(ids)))
     hits, local = 0, []
-    for i in picks:
-        query = pgv.pad(matrix[i], spec.dimension)
+    for chunk_id, vec, best in zip(sample.ids, sample.queries, sample.best):
         rows = await conn.fetch("SELECT id, vector <=> $1 AS d FROM document_chunk WHERE collection_name = $2 "
-                                "ORDER BY vector <=> $1 LIMIT $3", _param(query, spec), name, K)
-        exact = 1.0 - (matrix @ matrix[i]) / (norms * norms[i])
-        hits += bool(rows) and (rows[0]["id"] == ids[i] or rows[0]["d"] < 1e-6)
-        kth = np.sort(exact)[min(K, len(ids)) - 1]
-        allowed = {ids[j] for j in np.nonzero(exact <= kth + 1e-6)[0]}
-        local.append(sum(r["id"] in allowed for r in rows) / min(K, len(ids)))
-    stats["queries"] += len(picks)
+                                "ORDER BY vector <=> $1 LIMIT $3", _param(vec, spec), name, K)
+        hits += bool(rows) and (rows[0]["id"] == chunk_id or rows[0]["d"] < 1e-6)
+        want = min(K, len(best))
+        kth = best[want - 1][0] if want else 0.0
+        allowed = {cid for d, cid in best if d <= kth + 1e-6}
+        local.append(sum(r["id"] in allowed for r in rows) / want if want else 1.0)
+    stats["queries"] += len(sample.ids)
     stats["hits"] += hits
-    if hits < len(picks):
-        problems.append(f"collection {name}: self-retrieval {hits}/{len(picks)}")
+    if hits < len(sample.ids):
+        problems.append(f"collection {name}: self-retrieval {hits}/{len(sample.ids)}")
     recalls += local
-    return {"self_retrieval": f"{hits}/{len(picks)}", "recall_at_10": round(float(np.mean(local)), 4)}
+    return {"self_retrieval": f"{hits}/{len(sample.ids)}", "recall_at_10": round(float(np.mean(local)), 4)}
 
 
 def _param(vec: np.ndarray, spec):

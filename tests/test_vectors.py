@@ -187,3 +187,27 @@ def test_verify_bundles_bound_each_worker():
     assert [[i["name"] for i in b] for b in got] == [["c0"], ["c2"], ["c1", "c4", "c3"]]
     assert sorted(i["name"] for b in got for i in b) == sorted(i["name"] for i in infos)
     assert all(len(b) == 1 or sum(i["count"] for i in b) <= BUNDLE_CHUNKS for b in got)
+
+
+def test_verify_budget_bounds_the_workers_together():
+    """Bundles run at most `workers` at once and together within the chunk budget; a bigger one runs alone."""
+    import asyncio
+
+    from migrator.vectors_verify import _Budget
+
+    async def scenario():
+        gate, seen = _Budget(2, 30), []
+
+        async def bundle(size):
+            async with gate.taken(size):
+                seen.append(list(gate.running))
+                await asyncio.sleep(0.01 * (size % 7 + 1))
+
+        await asyncio.gather(*(bundle(n) for n in [49, 31, 19, 17, 15, 11, 10, 9, 3]))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert len(seen) == 9 and all(len(s) <= 2 for s in seen)
+    assert all(sum(s) <= 30 or len(s) == 1 for s in seen)
+    assert [s for s in seen if 49 in s or 31 in s] == [[49], [31]]
+    assert any(len(s) == 2 for s in seen)  # small ones still run two at a time
