@@ -41,7 +41,8 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
 
     The source is read through chromadb's own `get`, independently of the load's direct file reader. Collections go
     in bundles to `--jobs` spawned worker processes, each used for one bundle only: chromadb keeps every HNSW index
-    it has read in memory, so memory is bounded by a bundle, not by the store."""
+    it has read in memory, so memory is bounded by a bundle, not by the store, and the workers together by
+    BUDGET_CHUNKS (a bigger collection is read alone)."""
     if not plan.vectors:
         return None
     vectors_source.prepare(settings, snapshot)  # the scratch copy once, before the workers open it
