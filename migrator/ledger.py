@@ -166,7 +166,7 @@ async def try_lock(conn: asyncpg.Connection) -> bool:
 
 
 async def hold_writer(conn: asyncpg.Connection) -> None:
-    """A load worker's session: shared lock on WRITERS_KEY for as long as it lives (see wait_for_writers)."""
+    """A load worker's session: shared lock on WRITERS_KEY for as long as it lives (see writers_gone)."""
     await conn.execute("SELECT pg_advisory_lock_shared($1)", WRITERS_KEY)
 
 

@@ -15,7 +15,7 @@ import asyncpg
 from migrator import catalog as cat
 from migrator import ledger, load_parts, load_workers, vectors_load
 from migrator.concurrency import run_all
-from migrator.errors import PreflightError, TransientError
+from migrator.errors import PreflightError
 from migrator.load_unit import load_part
 from migrator.plan_model import Plan
 from migrator.progress import Progress
@@ -26,9 +26,6 @@ from migrator.targets import postgres as pgt
 log = logging.getLogger(__name__)
 INDEX_MEMORY = "256MB"  # per index build, session only
 LOCK_WAIT = 5  # seconds
-TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
-             asyncpg.InterfaceError, ConnectionError, OSError, asyncpg.exceptions.CrashShutdownError,
-             asyncpg.exceptions.ConnectionFailureError)
 
 
 @dataclass
@@ -93,11 +90,10 @@ async def execute(settings: Settings, plan: Plan, snapshot: Snapshot, *, resume:
         clean = True
         return await _summarise(conn, report)
     except Exception as exc:
-        if not (isinstance(exc, TRANSIENT) or any(c.is_closed() for c in [conn, *workers])):
+        lost = pgt.lost_connection(exc, closed=any(c.is_closed() for c in [conn, *workers]))
+        if lost is None:
             raise
-        raise TransientError("lost the connection to the target during the load",
-                             detail=f"{exc.__class__.__name__}: {exc}",
-                             hint="everything committed is in the ledger; `migrate run --resume` continues") from exc
+        raise lost from exc
     finally:
         if pool is not None:
             pool.close(kill=not clean)

@@ -44,10 +44,16 @@ def count(table: TablePlan, stored: int = 0) -> int:
     """How many parts: one per PART_BYTES (payload, or the `stored` estimate when larger) or PART_ROWS rows,
     at most MAX_PARTS; tables whose rows reference each other (parents must commit first) and whole-table
     quarantines stay in one part."""
-    if table.self_ref or table.action != "load" or table.rows < 2:
+    if _whole(table):
         return 1
     size = max(table.bytes, stored)
     return max(1, min(MAX_PARTS, table.rows, max(size // PART_BYTES, table.rows // PART_ROWS)))
+
+
+def _whole(table: TablePlan) -> bool:
+    """One part whatever its size: rows that reference each other (parents commit first), whole-table
+    quarantines, fewer than 2 rows."""
+    return bool(table.self_ref) or table.action != "load" or table.rows < 2
 
 
 def sampled_bytes(conn: sqlite3.Connection, table: TablePlan, samples: int = SAMPLES) -> int:
@@ -107,7 +113,7 @@ def split_all(db_path, tables: list[TablePlan]) -> dict[str, list[Part]]:
     """Parts of every table, read from the snapshot's database."""
     conn = src.connect(db_path, immutable=True)
     try:
-        return {t.name: split(conn, t, 0 if count(t) == MAX_PARTS or t.self_ref or t.action != "load"
-                                    else sampled_bytes(conn, t)) for t in tables}
+        return {t.name: split(conn, t, 0 if _whole(t) or count(t) == MAX_PARTS else sampled_bytes(conn, t))
+                for t in tables}
     finally:
         conn.close()

@@ -163,13 +163,11 @@ def _load(part: load_parts.Part) -> bool:
     except MigrationError:
         raise
     except Exception as exc:
-        from migrator.load import TRANSIENT
-
-        if isinstance(exc, TRANSIENT) or (_state["conn"] is not None and _state["conn"].is_closed()):
-            raise TransientError(f"lost the connection to the target while loading {part.unit}",
-                                 detail=f"{exc.__class__.__name__}: {exc}",
-                                 hint="everything committed is in the ledger; `migrate run --resume` continues"
-                                 ) from None
+        conn = _state["conn"]
+        lost = pgt.lost_connection(exc, closed=conn is not None and conn.is_closed(),
+                                   where=f"while loading {part.unit}")
+        if lost is not None:
+            raise lost from None
         raise MigrationError(f"loading {part.unit} failed: {exc.__class__.__name__}: {exc}",
                              detail="".join(traceback.format_exception(exc, limit=-8)).strip()) from None
 

@@ -137,6 +137,7 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
                   seed: int | None) -> dict[str, tuple]:
     spec = spec_of(settings)
     client = vectors_source.client(settings, snapshot)
+    salt = f"{random.random() if seed is None else seed}:"  # which chunks are drawn: repeatable with --seed
     conn = await pgt.connect(settings.pgvector_url)
     out: dict[str, tuple] = {}
     try:
@@ -145,8 +146,7 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
             problems: list[str] = []
             stats = {"queries": 0, "hits": 0}
             recalls: list[float] = []
-            rng = random.Random(None if seed is None else f"{seed}:{info['name']}")
-            sample = await _Sample.drawn(conn, info["name"], f"{seed}:{rng.random()}", spec)
+            sample = await _Sample.drawn(conn, info["name"], salt)
             entry = await _collection(conn, client, info, spec, counts, quarantined, problems, sample)
             entry.update(await _search(conn, info, spec, stats, problems, recalls, sample))
             out[info["name"]] = (entry, problems, stats, recalls)
@@ -172,19 +172,17 @@ class _Sample:
     def __init__(self, ids: list[str], queries: np.ndarray) -> None:
         self.ids = ids
         self.queries = queries  # one row per query, float32, padding removed later per batch
-        self.norms = np.maximum(np.linalg.norm(queries, axis=1), 1e-30) if len(ids) else queries
+        self.norms = np.maximum(np.linalg.norm(queries, axis=1), 1e-30)
         self.best: list[list[tuple[float, str]]] = [[] for _ in ids]
 
     @classmethod
-    async def drawn(cls, conn, name: str, seed: str, spec) -> _Sample:
-        """Pseudo-random (by seed), repeatable loaded chunks of the collection and their vectors."""
+    async def drawn(cls, conn, name: str, salt: str) -> _Sample:
+        """Pseudo-random loaded chunks of the collection (the same for the same salt) and their vectors."""
         rows = await conn.fetch("SELECT id, vector FROM document_chunk WHERE collection_name = $1 "
-                                "ORDER BY md5($2 || id), id LIMIT $3", name, seed, SAMPLE_PER_COLLECTION)
+                                "ORDER BY md5($2 || id), id LIMIT $3", name, salt, SAMPLE_PER_COLLECTION)
         if not rows:
             return cls([], np.empty((0, 0), dtype=np.float32))
-        vecs = np.stack([np.asarray(r["vector"].to_numpy() if hasattr(r["vector"], "to_numpy") else r["vector"],
-                                    dtype=np.float32) for r in rows])
-        return cls([r["id"] for r in rows], vecs)
+        return cls([r["id"] for r in rows], np.stack([_array(r["vector"]) for r in rows]))
 
     def offer(self, ids: list[str], vectors: list) -> None:
         """Distances from every query to a batch of source vectors; keep each query's nearest."""
@@ -241,11 +239,15 @@ def _trim() -> None:
         _LIBC.malloc_trim(0)
 
 
+def _array(value) -> np.ndarray:
+    """A vector/halfvec value read from PostgreSQL as float32."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
 def _same(chunk, row, name: str, spec) -> bool:
     if row is None or row["collection_name"] != name:
         return False
-    got = np.asarray(row["vector"].to_numpy() if hasattr(row["vector"], "to_numpy") else row["vector"],
-                     dtype=np.float32)
+    got = _array(row["vector"])
     src = np.asarray(chunk.embedding, dtype=np.float32)
     d = src.shape[0]
     if got.shape[0] != spec.dimension or np.any(got[d:]):

@@ -15,6 +15,10 @@ from migrator.errors import PreflightError, TransientError
 from migrator.settings import mask_dsn
 
 log = logging.getLogger(__name__)
+# what losing the server looks like mid-load: the ledger has every committed batch, so `--resume` continues
+TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError,
+             asyncpg.InterfaceError, ConnectionError, OSError, asyncpg.exceptions.CrashShutdownError,
+             asyncpg.exceptions.ConnectionFailureError)
 MIN_SERVER_VERSION = 130000
 SEED_TABLES = {"config", "alembic_version"}
 
@@ -167,6 +171,15 @@ async def reset_sequences(conn: asyncpg.Connection, sequences: list[dict], schem
         await conn.execute("SELECT setval($1::regclass, $2, $3)", f"{qi(schema)}.{qi(s['name'])}", value, called)
         done.append({"sequence": s["name"], "value": value, "is_called": called})
     return done
+
+
+def lost_connection(exc: Exception, *, closed: bool = False, where: str = "during the load") -> TransientError | None:
+    """The operator-facing error for losing the target (exit 75): `exc` is a transient error, or a connection it
+    came through is `closed`; None otherwise."""
+    if not (closed or isinstance(exc, TRANSIENT)):
+        return None
+    return TransientError(f"lost the connection to the target {where}", detail=f"{exc.__class__.__name__}: {exc}",
+                          hint="everything committed is in the ledger; `migrate run --resume` continues")
 
 
 async def close_quietly(conn: asyncpg.Connection) -> None:
