@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             log(f"kept work dirs and logs in {scratch}")
-    summary = report.summarize(manifest["tables"], raw["baselines"], raw["migrate_runs"])
+    summary = report.summarize(manifest["tables"], raw["baselines"], raw["migrate_runs"], os.cpu_count())
     header = (f"hridaai-migrate benchmark: {args.chats:,} chats, {args.narrow:,} narrow rows, seed {args.seed}"
               f"{', +30 MB chat' if args.huge_chat else ''}; PostgreSQL {raw['server']['version']} "
               f"(toast {'lz4' if raw['server']['lz4'] else 'pglz'}); {args.connections} connections; "

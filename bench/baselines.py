@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from bench import pgutil
+from bench import cpu, pgutil
 from bench.generate import payload_expr
 
 BATCH_ROWS = 10_000
@@ -88,8 +88,9 @@ async def _connect(dsn: str, lz4: bool):
     return con
 
 
-async def copy_once(dsn: str, table: str, names: list[str], batches, connections: int, lz4: bool) -> float:
-    """Load ``batches`` into an empty ``table`` with ``connections`` COPY connections; return seconds."""
+async def copy_once(dsn: str, table: str, names: list[str], batches, connections: int, lz4: bool) -> dict:
+    """Load ``batches`` into an empty ``table`` with ``connections`` COPY connections; return the seconds, the
+    machine's busy core-seconds and this (client) process's CPU seconds over the load."""
     admin = await asyncpg.connect(dsn)
     try:
         await pgutil.reset_tables(admin, (table,))
@@ -105,9 +106,11 @@ async def copy_once(dsn: str, table: str, names: list[str], batches, connections
             await con.copy_records_to_table(table, records=queue.get_nowait(), columns=names)
 
     try:
-        t0 = time.perf_counter()
+        busy0, own0, t0 = cpu.busy_core_s(), cpu.own_core_s(), time.perf_counter()
         await asyncio.gather(*(worker(c) for c in cons))
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds, "busy_core_s": cpu.delta(busy0, cpu.busy_core_s()),
+                "client_core_s": cpu.own_core_s() - own0}
     finally:
         for c in cons:
             await c.close()
@@ -131,11 +134,19 @@ async def ceiling(dsn: str, db_path: Path, table: str, nbytes: int, runs: int, c
     rows = read_rows(db_path, table, cols)
     read_s = time.perf_counter() - t0
     batches = make_batches(rows)
-    times = [await copy_once(dsn, table, [c for c, _ in cols], batches, connections, lz4) for _ in range(runs)]
+    loads = [await copy_once(dsn, table, [c for c, _ in cols], batches, connections, lz4) for _ in range(runs)]
+    times = [x["seconds"] for x in loads]
     med = statistics.median(times)
     return {"rows": len(rows), "bytes": nbytes, "runs_s": [round(t, 3) for t in times], "seconds": med,
             "batches": len(batches), "connections": connections, "sqlite_read_s": round(read_s, 3),
+            "busy_core_s": _median_known(x["busy_core_s"] for x in loads),
+            "client_core_s": statistics.median(x["client_core_s"] for x in loads),
             **_rates(len(rows), nbytes, med)}
+
+
+def _median_known(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _insert_sql(table: str, names: list[str]) -> str:

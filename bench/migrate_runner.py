@@ -23,6 +23,8 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import cpu
+
 POLL_S = 0.25
 # HridaAI's own configuration variables: removed from the child's environment so a shell that happens to have them
 # set cannot point the benchmark at a real installation. The flags we pass are the only configuration.
@@ -90,19 +92,24 @@ done.set()
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as f:
     json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss,
+               "cpu_s": usage.ru_utime + usage.ru_stime,
                "tree_rss_kb": peak[0] // 1024 or None, "processes": peak[1], "start_epoch": epoch}, f)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
 
 def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dict:
-    """Run ``argv`` to completion; return exit code, wall seconds, peak RSS (MB) and the log file paths."""
+    """Run ``argv`` to completion; return exit code, wall seconds, peak RSS (MB), CPU (the child with the
+    descendants it reaped, i.e. the tool's worker processes; and the whole machine's busy core-seconds meanwhile)
+    and the log file paths."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
     out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
     usage_path = log_prefix.with_suffix(".rusage.json")
+    busy0 = cpu.busy_core_s()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_path), *argv], stdin=subprocess.DEVNULL,
                        stdout=out, stderr=err, env=env, cwd=cwd, check=False)
+    busy = cpu.delta(busy0, cpu.busy_core_s())
     try:
         usage = json.loads(usage_path.read_text())
     except (OSError, ValueError):
@@ -111,7 +118,7 @@ def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dic
     tree = usage.get("tree_rss_kb")
     return {"exit_code": usage["exit_code"], "seconds": usage["seconds"], "peak_rss_mb": rss,
             "peak_tree_rss_mb": tree / 1024 if tree else None, "processes": usage.get("processes"),
-            "start_epoch": usage.get("start_epoch"),
+            "start_epoch": usage.get("start_epoch"), "tool_core_s": usage.get("cpu_s"), "busy_core_s": busy,
             "stdout": str(out_path), "stderr": str(err_path), "ok": usage["exit_code"] == 0}
 
 

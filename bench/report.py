@@ -24,8 +24,9 @@ def migrate_table_rate(runs: list[dict], table: str, rows: int, nbytes: int) -> 
     return {"window_s": w, "rows_per_s": _ratio(rows, w), "mb_per_s": _ratio(nbytes / 1e6, w)}
 
 
-def summarize(stats: dict, baselines: dict, runs: list[dict]) -> dict:
-    """Per-table and total summary rows (medians), plus the migrate/verify wall times and peak RSS."""
+def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None = None) -> dict:
+    """Per-table and total summary rows (medians), the migrate/verify wall times and peak RSS, and where the CPU
+    went (``cpu``)."""
     ok = [r for r in runs if r["run"]["ok"]]
     rows_out = []
     for t in BENCH_TABLES:
@@ -37,8 +38,8 @@ def summarize(stats: dict, baselines: dict, runs: list[dict]) -> dict:
                          "ceiling_rows_per_s": b["ceiling"]["rows_per_s"], "ceiling_mb_per_s": b["ceiling"]["mb_per_s"],
                          "naive_rows_per_s": b["naive"]["rows_per_s"], "naive_scaled": b["naive"]["scaled"],
                          "row_by_row_rows_per_s": b["row_by_row"]["rows_per_s"],
-                         "migrate_vs_ceiling": _ratio(mig["rows_per_s"], b["ceiling"]["rows_per_s"]),
-                         "migrate_vs_naive": _ratio(mig["rows_per_s"], b["naive"]["rows_per_s"])})
+                         **_ratios(mig["rows_per_s"], b["ceiling"]["rows_per_s"], b["naive"]["rows_per_s"],
+                                   b["row_by_row"]["rows_per_s"])})
     rows_out.append(_total_row(stats, baselines, ok))
     all_rows = sum(s["rows"] for s in stats.values())
     run_s = _median([r["run"]["seconds"] for r in ok])
@@ -55,7 +56,37 @@ def summarize(stats: dict, baselines: dict, runs: list[dict]) -> dict:
                     "all_tables_rows": all_rows, "end_to_end_rows_per_s": _ratio(all_rows, run_s),
                     "phases_s": {k: _median([r["run"].get("phases", {}).get(k) for r in ok])
                                  for k in ("before_load_s", "load_s", "finalize_s", "after_s")}},
+        "cpu": cpu_summary(baselines, ok, cores),
     }
+
+
+def _ratios(mig, ceil, naive, rbr) -> dict:
+    """migrate against each baseline, and the ceiling against the slower ones: the most any migrator can reach
+    against them on this server (a target above ceiling ÷ naive cannot be met here)."""
+    return {"migrate_vs_ceiling": _ratio(mig, ceil), "migrate_vs_naive": _ratio(mig, naive),
+            "migrate_vs_row_by_row": _ratio(mig, rbr), "ceiling_vs_naive": _ratio(ceil, naive),
+            "ceiling_vs_row_by_row": _ratio(ceil, rbr)}
+
+
+def cpu_summary(baselines: dict, ok_runs: list[dict], cores: int | None) -> dict:
+    """Core-seconds of the ceiling (three tables) and of `migrate run`, split into the client's own CPU and the
+    rest of the machine (the server); and the wall time migrate's own server work needs on these cores."""
+    ceil = [baselines[t]["ceiling"] for t in BENCH_TABLES]
+    have = all(c.get("busy_core_s") is not None for c in ceil)
+    ceil_wall = sum(c["seconds"] for c in ceil) if all(c.get("seconds") for c in ceil) else None
+    ceil_busy = sum(c["busy_core_s"] for c in ceil) if have else None
+    ceil_client = sum(c.get("client_core_s") or 0 for c in ceil) if have else None
+    run_s = _median([r["run"]["seconds"] for r in ok_runs])
+    busy = _median([r["run"].get("busy_core_s") for r in ok_runs])
+    tool = _median([r["run"].get("tool_core_s") for r in ok_runs])
+    server = busy - tool if busy is not None and tool is not None else None
+    server_bound = server / cores if server is not None and cores else None
+    return {"cores": cores, "ceiling_s": ceil_wall, "ceiling_busy_core_s": ceil_busy,
+            "ceiling_client_core_s": ceil_client,
+            "ceiling_server_core_s": ceil_busy - ceil_client if ceil_busy is not None else None,
+            "migrate_s": run_s, "migrate_busy_core_s": busy, "migrate_tool_core_s": tool,
+            "migrate_server_core_s": server, "migrate_server_bound_s": server_bound,
+            "best_vs_ceiling_without_client": _ratio(ceil_wall, server_bound)}
 
 
 def _total_row(stats, baselines, ok_runs) -> dict:
@@ -69,14 +100,13 @@ def _total_row(stats, baselines, ok_runs) -> dict:
                 if baselines[t][kind]["rows_per_s"]]
         return rows / sum(secs) if len(secs) == len(BENCH_TABLES) else None
 
-    ceil, naive = total("ceiling"), total("naive")
+    ceil, naive, rbr = total("ceiling"), total("naive"), total("row_by_row")
     mig = _ratio(rows, run_s)
     return {"table": "TOTAL*", "rows": rows, "mb": nbytes / 1e6, "migrate_rows_per_s": mig,
             "migrate_mb_per_s": _ratio(nbytes / 1e6, run_s), "migrate_window_s": run_s,
             "ceiling_rows_per_s": ceil, "ceiling_mb_per_s": _ratio(nbytes / 1e6, rows / ceil) if ceil else None,
             "naive_rows_per_s": naive, "naive_scaled": any(baselines[t]["naive"]["scaled"] for t in BENCH_TABLES),
-            "row_by_row_rows_per_s": total("row_by_row"),
-            "migrate_vs_ceiling": _ratio(mig, ceil), "migrate_vs_naive": _ratio(mig, naive)}
+            "row_by_row_rows_per_s": rbr, **_ratios(mig, ceil, naive, rbr)}
 
 
 def _fmt(v, digits=0, suffix=""):
@@ -90,7 +120,7 @@ def _fmt(v, digits=0, suffix=""):
 def render(summary: dict, header: str) -> str:
     """The human-readable table."""
     cols = ("table", "rows", "MB", "migrate r/s", "migrate MB/s", "ceiling r/s", "ceiling MB/s", "naive r/s",
-            "row-by-row r/s", "mig/ceil", "mig/naive")
+            "row-by-row r/s", "mig/ceil", "mig/naive", "mig/rbr", "ceil/naive", "ceil/rbr")
     lines = [header, ""]
     body = []
     for r in summary["tables"]:
@@ -98,7 +128,8 @@ def render(summary: dict, header: str) -> str:
                      _fmt(r["migrate_mb_per_s"], 1), _fmt(r["ceiling_rows_per_s"]), _fmt(r["ceiling_mb_per_s"], 1),
                      _fmt(r["naive_rows_per_s"]) + ("~" if r["naive_scaled"] else ""),
                      _fmt(r["row_by_row_rows_per_s"]), _fmt(r["migrate_vs_ceiling"], 2, "x"),
-                     _fmt(r["migrate_vs_naive"], 2, "x")))
+                     _fmt(r["migrate_vs_naive"], 2, "x"), _fmt(r.get("migrate_vs_row_by_row"), 2, "x"),
+                     _fmt(r.get("ceiling_vs_naive"), 2, "x"), _fmt(r.get("ceiling_vs_row_by_row"), 2, "x")))
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))))
     lines.append("  ".join("-" * w for w in widths))
@@ -110,6 +141,8 @@ def render(summary: dict, header: str) -> str:
               f"{_fmt(m['all_tables_rows'])} rows of all tables,",
               "  snapshot and plan included); per-table migrate rates use the observed load window of that table.",
               "~ naive rate measured on a prefix within the time budget and applied to the whole table.",
+              "ceil/naive, ceil/rbr: the ceiling against the slower baselines, the most any migrator reaches against "
+              "them on this server.",
               "",
               f"migrate run   : {m['succeeded']}/{m['runs']} runs ok; median wall {_fmt(m['run_seconds'], 1, ' s')}, "
               f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')} (largest process; all processes together "
@@ -119,7 +152,25 @@ def render(summary: dict, header: str) -> str:
               f"migrate verify: median wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
               f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
               f", exit 0 in {sum(m['verify_ok'])}/{len(m['verify_ok'])}"]
-    return "\n".join(lines)
+    return "\n".join(lines + render_cpu(summary.get("cpu") or {}))
+
+
+def render_cpu(c: dict) -> list[str]:
+    """Where the CPU went, and the wall time migrate's server work alone needs (empty off Linux)."""
+    if c.get("migrate_busy_core_s") is None and c.get("ceiling_busy_core_s") is None:
+        return []
+    out = ["", f"CPU, core-seconds on {c.get('cores')} cores (server = machine busy minus the client's own CPU, so "
+               "it includes anything else running):",
+           f"  ceiling, 3 tables: wall {_fmt(c.get('ceiling_s'), 1, ' s')}, busy {_fmt(c.get('ceiling_busy_core_s'), 1)}"
+           f" (client {_fmt(c.get('ceiling_client_core_s'), 1)}, server {_fmt(c.get('ceiling_server_core_s'), 1)})",
+           f"  migrate run      : wall {_fmt(c.get('migrate_s'), 1, ' s')}, busy {_fmt(c.get('migrate_busy_core_s'), 1)}"
+           f" (tool {_fmt(c.get('migrate_tool_core_s'), 1)}, server {_fmt(c.get('migrate_server_core_s'), 1)})"]
+    if c.get("migrate_server_bound_s"):
+        out.append(f"  migrate's server work alone (load, indexes, ANALYZE, ledger) needs "
+                   f"{_fmt(c['migrate_server_bound_s'], 1, ' s')} on these cores: at most "
+                   f"{_fmt(c.get('best_vs_ceiling_without_client'), 2, 'x')} of the ceiling even with a client that "
+                   "costs nothing")
+    return out
 
 
 def write_json(path: Path, doc: dict) -> None:

@@ -62,3 +62,35 @@ def test_event_windows(tmp_path):
                    '{"ts": 11.0, "stage": "load", "unit": "chat", "batch": 1, "rows": 5}\n'
                    '{"ts": 12.5, "stage": "load", "unit": "chat", "state": "done", "rows": 5}\n')
     assert event_windows(str(log), str(tmp_path / "missing")) == {"chat": {"window_s": 2.5}}
+
+
+def test_cpu_summary_splits_client_and_server_and_bounds_the_ratio():
+    stats = {t: {"rows": 100, "bytes": 1000} for t in pgutil.BENCH_TABLES}
+    base = {t: {"ceiling": {"rows_per_s": 20.0, "mb_per_s": 0.2, "seconds": 5.0, "busy_core_s": 9.0,
+                            "client_core_s": 1.0},
+                "naive": {"rows_per_s": 10.0, "mb_per_s": 0.1, "scaled": False},
+                "row_by_row": {"rows_per_s": 2.0, "mb_per_s": 0.02}} for t in pgutil.BENCH_TABLES}
+    run = {"ok": True, "seconds": 30.0, "busy_core_s": 56.0, "tool_core_s": 20.0, "tables": {}, "phases": {},
+           "peak_rss_mb": 100.0}
+    s = report.summarize(stats, base, [{"run": run}], cores=2)
+    c = s["cpu"]
+    assert (c["ceiling_s"], c["ceiling_busy_core_s"], c["ceiling_server_core_s"]) == (15.0, 27.0, 24.0)
+    assert (c["migrate_server_core_s"], c["migrate_server_bound_s"]) == (36.0, 18.0)
+    assert c["best_vs_ceiling_without_client"] == 15.0 / 18.0
+    chat = s["tables"][0]
+    assert (chat["ceiling_vs_naive"], chat["ceiling_vs_row_by_row"]) == (2.0, 10.0)
+    text = report.render(s, "hdr")
+    assert "server 36.0" in text and "at most 0.83x" in text and "ceil/rbr" in text
+
+
+def test_busy_core_seconds_advance_with_work():
+    from bench import cpu
+
+    before = cpu.busy_core_s()
+    if before is None:  # not Linux: the figure is reported as unknown, never made up
+        assert cpu.delta(before, 1.0) is None
+        return
+    t = cpu.own_core_s()
+    while cpu.own_core_s() - t < 0.3:
+        pass
+    assert cpu.delta(before, cpu.busy_core_s()) >= 0.2

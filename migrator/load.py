@@ -26,6 +26,9 @@ from migrator.targets import postgres as pgt
 log = logging.getLogger(__name__)
 INDEX_MEMORY = "256MB"  # per index build, session only
 LOCK_WAIT = 5  # seconds
+# a killed run's worker session ends once its backend notices the client is gone: after the statement it is in,
+# which on a busy server (one huge chat compressing) can take a while
+WRITERS_WAIT = 30  # seconds
 
 
 @dataclass
@@ -209,7 +212,7 @@ async def _lock(conn: asyncpg.Connection, what: str) -> None:
 
 async def _no_old_writers(conn: asyncpg.Connection) -> None:
     """Load workers of a killed run die with it; wait until the server has ended their sessions too."""
-    if not await ledger.writers_gone(conn, timeout=LOCK_WAIT * 2):
+    if not await ledger.writers_gone(conn, timeout=WRITERS_WAIT):
         raise PreflightError("load workers of an earlier run are still connected to the target",
                              detail="sessions: SELECT pid, backend_start, state FROM pg_stat_activity "
                                     "WHERE application_name = 'hridaai-migrate'",
