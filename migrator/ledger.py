@@ -92,17 +92,23 @@ async def add_units(conn: asyncpg.Connection, units: list[tuple[str, str, int, i
                            "ON CONFLICT (unit) DO NOTHING", units)
 
 
-async def progress(conn: asyncpg.Connection) -> dict[str, UnitProgress]:
-    """unit -> what has been committed so far."""
+async def progress(conn: asyncpg.Connection, unit: str | None = None) -> dict[str, UnitProgress]:
+    """unit -> what has been committed so far (of every unit, or of `unit` only)."""
+    where, args = _only(unit)
     rows = await conn.fetch(
         f"SELECT unit, count(*) AS batches, max(last_key) AS last_key, sum(rows) AS rows, "
-        f"sum(quarantined) AS q, max(committed_at) AS at FROM {S}.batch GROUP BY unit")
+        f"sum(quarantined) AS q, max(committed_at) AS at FROM {S}.batch {where} GROUP BY unit", *args)
     return {r["unit"]: UnitProgress(r["batches"], r["last_key"], r["rows"], r["q"], r["at"]) for r in rows}
 
 
-async def units(conn: asyncpg.Connection) -> list[dict]:
-    """Registered units with their totals."""
-    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.unit ORDER BY unit")]
+async def units(conn: asyncpg.Connection, unit: str | None = None) -> list[dict]:
+    """Registered units with their totals (every unit, or `unit` only)."""
+    where, args = _only(unit)
+    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.unit {where} ORDER BY unit", *args)]
+
+
+def _only(unit: str | None) -> tuple[str, list]:
+    return ("WHERE unit = $1", [unit]) if unit is not None else ("", [])
 
 
 async def record_batch(conn: asyncpg.Connection, *, unit: str, batch_no: int, snapshot_id: str, first_key: int,

@@ -18,10 +18,9 @@ async def load_part(conn, settings: Settings, plan: Plan, table: TablePlan, part
                     snapshot: Snapshot, progress: Progress, stop) -> bool:
     """Every batch of the part not yet in the ledger; True once the unit is recorded done (False: stop asked)."""
     unit = part.unit
-    units = {u["unit"]: u for u in await ledger.units(conn)}
-    if units.get(unit, {}).get("done"):
+    if any(u["done"] for u in await ledger.units(conn, unit)):
         return True
-    done = (await ledger.progress(conn)).get(unit)
+    done = (await ledger.progress(conn, unit)).get(unit)
     progress.start(unit, rows=part.rows, nbytes=part.bytes)
     if done:
         progress.advance(unit, rows=done.rows + done.quarantined, nbytes=0, batch=done.batches)

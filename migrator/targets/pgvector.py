@@ -101,6 +101,16 @@ class CopyResult:
 # --- value conversion ---------------------------------------------------------------------
 
 
+NOT_FINITE = "vector holds NaN or infinity, which pgvector rejects"
+HALFVEC_RANGE = "vector value exceeds halfvec range (|x| > 65504)"
+
+
+def too_long(length: int, dimension: int) -> str:
+    """Why a vector longer than the table's dimension is refused (HridaAI would silently truncate it)."""
+    return (f"vector has {length} dimensions, table has {dimension}: set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to "
+            f"at least {length}")
+
+
 def pad(embedding: Any, dimension: int) -> np.ndarray:
     """Zero-pad ``embedding`` to ``dimension`` as float32, like HridaAI's adjust_vector_length.
 
@@ -109,12 +119,9 @@ def pad(embedding: Any, dimension: int) -> np.ndarray:
     """
     vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if vec.shape[0] > dimension:
-        raise ValueError(
-            f"vector has {vec.shape[0]} dimensions, table has {dimension}: set "
-            f"PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least {vec.shape[0]}"
-        )
+        raise ValueError(too_long(vec.shape[0], dimension))
     if not np.isfinite(vec).all():
-        raise ValueError("vector holds NaN or infinity, which pgvector rejects")
+        raise ValueError(NOT_FINITE)
     if vec.shape[0] == dimension:
         return vec
     out = np.zeros(dimension, dtype=np.float32)
@@ -334,7 +341,7 @@ async def register_encoded(conn: Any) -> None:
 
 def encode_vectors(embeddings: Sequence[np.ndarray], spec: VectorTableSpec) -> list[bytes | str]:
     """pgvector binary values of a batch, zero-padded to the table dimension like pad(), in one numpy pass per
-    vector length; in place of a vector that cannot be stored, the reason (a str), as pad() words it."""
+    vector length; in place of a vector that cannot be stored, the reason (a str, worded as pad() words it)."""
     out: list[bytes | str] = [""] * len(embeddings)
     by_length: dict[int, list[int]] = {}
     for i, emb in enumerate(embeddings):
@@ -344,8 +351,7 @@ def encode_vectors(embeddings: Sequence[np.ndarray], spec: VectorTableSpec) -> l
     for length, rows in by_length.items():
         if length > dim:
             for i in rows:
-                out[i] = (f"vector has {length} dimensions, table has {dim}: set "
-                          f"PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH to at least {length}")
+                out[i] = too_long(length, dim)
             continue
         src = np.stack([np.asarray(embeddings[i], dtype=np.float32).reshape(-1) for i in rows])
         finite = np.isfinite(src).all(axis=1)
@@ -357,9 +363,9 @@ def encode_vectors(embeddings: Sequence[np.ndarray], spec: VectorTableSpec) -> l
         buf[:, 4:4 + width * length] = values.view(np.uint8).reshape(len(rows), width * length)
         for k, i in enumerate(rows):
             if not finite[k]:
-                out[i] = "vector holds NaN or infinity, which pgvector rejects"
+                out[i] = NOT_FINITE
             elif not fits[k]:
-                out[i] = "vector value exceeds halfvec range (|x| > 65504)"
+                out[i] = HALFVEC_RANGE
             else:
                 out[i] = buf[k].tobytes()
     return out
