@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench import synth
 
-SCHEMA_SOURCE = Path("/work/shared/fixtures-real/hridaai-0.12.4-small/hridaai.db")
+# the real 0.12.4 hridaai.db (made by the upstream app) whose schema the generated data dirs copy
+SCHEMA_SOURCE = Path(__file__).resolve().parent.parent / "fixtures/hridaai-0.12.4-small/hridaai.db"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 GENERATOR_VERSION = 2  # bump when the generated rows change, so stale caches are not reused
 FLUSH_BYTES = 64 << 20

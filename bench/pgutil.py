@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-# Column types as in /work/shared/reference/pg-schema-0bd252b206fb.sql (json stays json, booleans boolean,
+# Column types as in tests/data/pg-schema-0bd252b206fb.sql (json stays json, booleans boolean,
 # timestamps bigint); PRIMARY KEY included because the migrated target has it too.
 TARGET_DDL = {
     "chat": """CREATE TABLE chat (

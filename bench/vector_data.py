@@ -42,8 +42,6 @@ from bench import synth
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 VECTOR_GENERATOR_VERSION = 1  # bump when the generated content changes, so stale caches are not reused
 ADD_BATCH = 5_000  # below chromadb's max_batch_size (5461 with its SQLite backend)
-SCHEMA_SOURCES = (Path("/work/shared/fixtures-real/hridaai-0.12.4-small/hridaai.db"),
-                  Path(__file__).resolve().parent.parent / "fixtures/hridaai-0.12.4-small/hridaai.db")
 EMBEDDING_CONFIG = repr({"engine": "", "model": "sentence-transformers/all-MiniLM-L6-v2"})
 CONTENT_TYPES = (("pdf", "application/pdf"), ("md", "text/markdown"), ("txt", "text/plain"),
                  ("docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"))
@@ -198,22 +196,14 @@ def iter_items(p: VecParams, col: CollectionPlan, batch: int = ADD_BATCH) -> Ite
         done += n
 
 
-def schema_source() -> Path:
-    """The real 0.12.4 hridaai.db whose schema is copied (shared fixture, else the repository's copy)."""
-    for p in SCHEMA_SOURCES:
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"no schema source among {[str(p) for p in SCHEMA_SOURCES]}")
-
-
 def write_empty_db(path: Path) -> None:
     """hridaai.db with the real schema (48 tables, indexes) and only the alembic_version row."""
-    from bench.generate import copy_schema
+    from bench.generate import SCHEMA_SOURCE, copy_schema
 
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("BEGIN")
-        for sql in copy_schema(schema_source(), db):
+        for sql in copy_schema(SCHEMA_SOURCE, db):
             db.execute(sql)
         db.execute("COMMIT")
     finally:
