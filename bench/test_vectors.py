@@ -149,4 +149,8 @@ def test_summary_with_a_migrate_run():
     s = vectors.summarize(manifest, base, [{"run": run, "verify": ver}])
     assert s["migrate"]["vs_ceiling"] == 0.25 and s["migrate"]["vs_chroma_read"] == 0.2
     assert [ln["vectors_per_s"] for ln in s["lines"][2:]] == [1000.0, 500.0, 100.0, 250.0]
-    assert "recall@10 0.9" in vectors.render(s, "hdr")
+    text = vectors.render(s, "hdr")
+    assert "recall@10 0.9" in text and "CPU:" not in text  # no CPU measured: nothing printed
+    run.update(busy_core_s=15.0, tool_core_s=6.0)
+    assert "tool 6.0, server and the rest 9.0" in vectors.render(vectors.summarize(manifest, base, [{"run": run}]),
+                                                                  "hdr")

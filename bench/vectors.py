@@ -261,6 +261,8 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
                         "vector_load_vectors_per_s": load_rate, "phases_s": phases,
                         "peak_rss_mb": _median([r["run"]["peak_rss_mb"] for r in ok]),
                         "peak_tree_rss_mb": _median([r["run"].get("peak_tree_rss_mb") for r in ok]),
+                        "busy_core_s": _median([r["run"].get("busy_core_s") for r in ok]),
+                        "tool_core_s": _median([r["run"].get("tool_core_s") for r in ok]),
                         "verify_seconds": ver_s, "verify_ok": [v["ok"] for v in ver],
                         "verify_peak_rss_mb": _median([v["peak_rss_mb"] for v in ver]),
                         "verify_peak_tree_rss_mb": _median([v.get("peak_tree_rss_mb") for v in ver]),
@@ -273,6 +275,15 @@ def _fmt(v, digits=0, suffix=""):
     if v is None:
         return "-"
     return f"{v:,.{digits}f}{suffix}"
+
+
+def _cpu_line(m: dict) -> list[str]:
+    """The run's CPU split like `python -m bench` prints it (nothing off Linux)."""
+    busy, tool = m.get("busy_core_s"), m.get("tool_core_s")
+    if busy is None or tool is None:
+        return []
+    return [f"  CPU: {_fmt(busy, 1)} busy core-seconds on {os.cpu_count()} cores: tool {_fmt(tool, 1)}, "
+            f"server and the rest {_fmt(busy - tool, 1)}"]
 
 
 def render(summary: dict, header: str) -> str:
@@ -293,6 +304,7 @@ def render(summary: dict, header: str) -> str:
                 f"{_fmt(m.get('peak_tree_rss_mb'), 0, ' MB')})",
                 "  phases (from its events): " + ", ".join(
                     f"{k[:-2].replace('_', ' ')} {_fmt(v, 1, ' s')}" for k, v in m["phases_s"].items()),
+                *_cpu_line(m),
                 f"migrate verify: wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
                 f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
                 f", exit 0 in {sum(bool(x) for x in m['verify_ok'])}/"
