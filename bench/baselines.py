@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from bench import cpu, pgutil
+from bench import cpu, pgutil, report
 from bench.generate import payload_expr
 
 BATCH_ROWS = 10_000
@@ -139,14 +139,9 @@ async def ceiling(dsn: str, db_path: Path, table: str, nbytes: int, runs: int, c
     med = statistics.median(times)
     return {"rows": len(rows), "bytes": nbytes, "runs_s": [round(t, 3) for t in times], "seconds": med,
             "batches": len(batches), "connections": connections, "sqlite_read_s": round(read_s, 3),
-            "busy_core_s": _median_known(x["busy_core_s"] for x in loads),
+            "busy_core_s": report.median(x["busy_core_s"] for x in loads),
             "client_core_s": statistics.median(x["client_core_s"] for x in loads),
             **_rates(len(rows), nbytes, med)}
-
-
-def _median_known(values) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
 
 
 def _insert_sql(table: str, names: list[str]) -> str:

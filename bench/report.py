@@ -8,7 +8,8 @@ from pathlib import Path
 from bench.pgutil import BENCH_TABLES
 
 
-def _median(values):
+def median(values):
+    """Median of the known values (None skipped); None when none is known."""
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
 
@@ -20,7 +21,7 @@ def _ratio(a, b):
 def migrate_table_rate(runs: list[dict], table: str, rows: int, nbytes: int) -> dict:
     """Median per-table load window over successful runs, as rows/s and MB/s."""
     windows = [r["run"]["tables"].get(table, {}).get("window_s") for r in runs if r["run"]["ok"]]
-    w = _median(windows)
+    w = median(windows)
     return {"window_s": w, "rows_per_s": _ratio(rows, w), "mb_per_s": _ratio(nbytes / 1e6, w)}
 
 
@@ -42,19 +43,19 @@ def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None 
                                    b["row_by_row"]["rows_per_s"])})
     rows_out.append(_total_row(stats, baselines, ok))
     all_rows = sum(s["rows"] for s in stats.values())
-    run_s = _median([r["run"]["seconds"] for r in ok])
+    run_s = median([r["run"]["seconds"] for r in ok])
     return {
         "tables": rows_out,
         "migrate": {"runs": len(runs), "succeeded": len(ok), "run_seconds": run_s,
-                    "verify_seconds": _median([r["verify"]["seconds"] for r in ok if r.get("verify")]),
+                    "verify_seconds": median([r["verify"]["seconds"] for r in ok if r.get("verify")]),
                     "verify_ok": [r["verify"]["ok"] for r in ok if r.get("verify")],
-                    "peak_rss_mb": _median([r["run"]["peak_rss_mb"] for r in ok]),
-                    "verify_peak_rss_mb": _median([r["verify"]["peak_rss_mb"] for r in ok if r.get("verify")]),
-                    "peak_tree_rss_mb": _median([r["run"].get("peak_tree_rss_mb") for r in ok]),
-                    "verify_peak_tree_rss_mb": _median([r["verify"].get("peak_tree_rss_mb") for r in ok
+                    "peak_rss_mb": median([r["run"]["peak_rss_mb"] for r in ok]),
+                    "verify_peak_rss_mb": median([r["verify"]["peak_rss_mb"] for r in ok if r.get("verify")]),
+                    "peak_tree_rss_mb": median([r["run"].get("peak_tree_rss_mb") for r in ok]),
+                    "verify_peak_tree_rss_mb": median([r["verify"].get("peak_tree_rss_mb") for r in ok
                                                         if r.get("verify")]),
                     "all_tables_rows": all_rows, "end_to_end_rows_per_s": _ratio(all_rows, run_s),
-                    "phases_s": {k: _median([r["run"].get("phases", {}).get(k) for r in ok])
+                    "phases_s": {k: median([r["run"].get("phases", {}).get(k) for r in ok])
                                  for k in ("before_load_s", "load_s", "finalize_s", "after_s")}},
         "cpu": cpu_summary(baselines, ok, cores),
     }
@@ -76,9 +77,9 @@ def cpu_summary(baselines: dict, ok_runs: list[dict], cores: int | None) -> dict
     ceil_wall = sum(c["seconds"] for c in ceil) if all(c.get("seconds") for c in ceil) else None
     ceil_busy = sum(c["busy_core_s"] for c in ceil) if have else None
     ceil_client = sum(c.get("client_core_s") or 0 for c in ceil) if have else None
-    run_s = _median([r["run"]["seconds"] for r in ok_runs])
-    busy = _median([r["run"].get("busy_core_s") for r in ok_runs])
-    tool = _median([r["run"].get("tool_core_s") for r in ok_runs])
+    run_s = median([r["run"]["seconds"] for r in ok_runs])
+    busy = median([r["run"].get("busy_core_s") for r in ok_runs])
+    tool = median([r["run"].get("tool_core_s") for r in ok_runs])
     server = busy - tool if busy is not None and tool is not None else None
     server_bound = server / cores if server is not None and cores else None
     return {"cores": cores, "ceiling_s": ceil_wall, "ceiling_busy_core_s": ceil_busy,
@@ -93,7 +94,7 @@ def _total_row(stats, baselines, ok_runs) -> dict:
     """The three benchmark tables together: migrate by the whole ``run`` wall time, baselines by summed time."""
     rows = sum(stats[t]["rows"] for t in BENCH_TABLES)
     nbytes = sum(stats[t]["bytes"] for t in BENCH_TABLES)
-    run_s = _median([r["run"]["seconds"] for r in ok_runs])
+    run_s = median([r["run"]["seconds"] for r in ok_runs])
 
     def total(kind):
         secs = [stats[t]["rows"] / baselines[t][kind]["rows_per_s"] for t in BENCH_TABLES

@@ -15,7 +15,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -57,11 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def log(msg: str) -> None:
     """Progress line on stderr (the results table goes to stdout)."""
     print(f"[bench.vectors {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _median(values):
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _ratio(a, b):
@@ -227,10 +221,10 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
     ok = [r for r in runs if r["run"]["ok"]]
     read = (base.get("chroma_read") or {}).get("vectors_per_s")
     ceil = (base.get("ceiling") or {}).get("vectors_per_s")
-    load_rate = _median([r["run"]["vectors"].get("vectors_per_s") for r in ok])
-    run_s = _median([r["run"]["seconds"] for r in ok])
+    load_rate = report.median([r["run"]["vectors"].get("vectors_per_s") for r in ok])
+    run_s = report.median([r["run"]["seconds"] for r in ok])
     ver = [r["verify"] for r in ok if r.get("verify")]
-    ver_s = _median([v["seconds"] for v in ver])
+    ver_s = report.median([v["seconds"] for v in ver])
     lines = []
 
     def line(name, rate, seconds, note=""):
@@ -246,27 +240,27 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
             line(name, base[key]["vectors_per_s"], base[key]["seconds"])
     if ok:
         line("migrate run: vector load window", load_rate,
-             _median([r["run"]["vectors"].get("load_window_s") for r in ok]), "read+convert+COPY, from its events")
-        both_s = _median([r["run"]["vectors"].get("load_and_secondary_s") for r in ok])
+             report.median([r["run"]["vectors"].get("load_window_s") for r in ok]), "read+convert+COPY, from its events")
+        both_s = report.median([r["run"]["vectors"].get("load_and_secondary_s") for r in ok])
         line("migrate run: load + secondary indexes", _ratio(n, both_s), both_s,
              "what the ceiling does: COPY with the btree/GIN indexes in place")
         line("migrate run: whole wall time", _ratio(n, run_s), run_s, "snapshot, plan, load, index, analyze")
     if ver:
         line("migrate verify: wall time", _ratio(n, ver_s), ver_s)
-    phases = {k: _median([r["run"]["vectors"].get("phases_s", {}).get(k) for r in ok])
+    phases = {k: report.median([r["run"]["vectors"].get("phases_s", {}).get(k) for r in ok])
               for k in ("before_vectors_s", "vector_load_s", "secondary_indexes_s", "vector_index_s",
                       "rest_of_finalize_s", "after_s")}
     return {"vectors": n, "collections": len(manifest["collections"]), "lines": lines,
             "migrate": {"runs": len(runs), "succeeded": len(ok), "run_seconds": run_s,
                         "vector_load_vectors_per_s": load_rate, "phases_s": phases,
-                        "peak_rss_mb": _median([r["run"]["peak_rss_mb"] for r in ok]),
-                        "peak_tree_rss_mb": _median([r["run"].get("peak_tree_rss_mb") for r in ok]),
-                        "busy_core_s": _median([r["run"].get("busy_core_s") for r in ok]),
-                        "tool_core_s": _median([r["run"].get("tool_core_s") for r in ok]),
+                        "peak_rss_mb": report.median([r["run"]["peak_rss_mb"] for r in ok]),
+                        "peak_tree_rss_mb": report.median([r["run"].get("peak_tree_rss_mb") for r in ok]),
+                        "busy_core_s": report.median([r["run"].get("busy_core_s") for r in ok]),
+                        "tool_core_s": report.median([r["run"].get("tool_core_s") for r in ok]),
                         "verify_seconds": ver_s, "verify_ok": [v["ok"] for v in ver],
-                        "verify_peak_rss_mb": _median([v["peak_rss_mb"] for v in ver]),
-                        "verify_peak_tree_rss_mb": _median([v.get("peak_tree_rss_mb") for v in ver]),
-                        "recall_at_10": _median([v["report"].get("recall_at_10") for v in ver]),
+                        "verify_peak_rss_mb": report.median([v["peak_rss_mb"] for v in ver]),
+                        "verify_peak_tree_rss_mb": report.median([v.get("peak_tree_rss_mb") for v in ver]),
+                        "recall_at_10": report.median([v["report"].get("recall_at_10") for v in ver]),
                         "self_retrieval": ver[0]["report"].get("self_retrieval") if ver else None,
                         "vs_ceiling": _ratio(load_rate, ceil), "vs_chroma_read": _ratio(load_rate, read)}}
 

@@ -98,7 +98,7 @@ def _self_ref_order(conn, table: TablePlan) -> list[int]:
     col, ref = table.self_ref["column"], table.self_ref["ref_column"]
     rows = conn.execute(f"SELECT rowid, {src.qi(ref)}, {src.qi(col)} FROM {src.qi(table.name)} ORDER BY rowid")
     children: dict = {}
-    rowid_of, roots, all_ids = {}, [], []
+    rowid_of, all_ids = {}, []
     for rowid, key, parent in rows:
         all_ids.append(rowid)
         rowid_of.setdefault(key, rowid)

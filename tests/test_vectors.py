@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 
