@@ -1,10 +1,18 @@
-"""Chaos: SIGKILL `migrate run` at random moments, `run --resume` until it exits 0, then `verify`.
+"""Chaos: SIGKILL `migrate run` at every phase and at random moments, `run --resume` until it exits 0, then `verify`.
 
-Each trial migrates into a fresh database. It watches the JSON progress events `migrate run --log-format json`
-prints on stderr (snapshot, plan, schema, load of a table or a collection, finalize steps), waits for the event of
-the stage the trial aims at, sleeps a random (seeded) delay and kills the process with SIGKILL. The kill point
-recorded is the last event seen before the kill, plus the ledger steps committed by then. Then it resumes (exit 75
-resumes again) until exit 0, and verify must exit 0: counts, checksums, vectors, no gap or repeat in the ledger.
+Each trial migrates into a fresh database and watches the JSON progress events `migrate run --log-format json`
+prints on stderr (snapshot, plan, schema, load of a table or a collection, finalize steps).
+
+- The first trials aim at each required kill point **deterministically**: the run is started with
+  `HRIDAAI_MIGRATE_STOP_AT=<point>` (migrator/failpoints.py), so it stops itself (SIGSTOP) right after the first
+  event of that phase, and is SIGKILLed there. No timer is involved, so a phase of a few milliseconds on a fast
+  machine is hit as surely as a long one on a slow machine.
+- The other trials wait for the event of the stage they aim at, sleep a random (seeded) delay and SIGKILL: extra
+  coverage of moments inside the phases; which phase they end up in depends on the machine, so nothing requires it.
+
+The kill point recorded is the last event seen before the kill, plus the ledger steps committed by then. Then it
+resumes (exit 75 resumes again) until exit 0, and verify must exit 0: counts, checksums, vectors, no gap or repeat
+in the ledger.
 
     python -m bench.chaos --trials 50 [--seed 7] [--jobs 2] [--data-dir fixtures/...] [--admin-url URL]
 
@@ -32,11 +40,14 @@ from pathlib import Path
 
 import asyncpg
 
+from migrator import failpoints
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "fixtures" / "hridaai-0.12.4-small"
 MIGRATE = [sys.executable, "-m", "migrator"]
 # kill points every run of trials must cover, in the order the pipeline passes them
 REQUIRED = ("snapshot", "schema", "copy", "vectors", "index", "stamp")
+assert set(REQUIRED) <= set(failpoints.POINTS)
 AIMS = REQUIRED + ("plan", "copy", "vectors")
 # longest random delay after the stage's first event (seconds): about the stage's length on the small fixture
 MAX_DELAY = {"snapshot": 0.15, "plan": 2.0, "schema": 0.15, "copy": 1.5, "vectors": 1.5, "index": 0.3,
@@ -52,6 +63,7 @@ class Trial:
     number: int
     aim: str
     delay: float
+    paused: bool = False  # True: the run stops itself at the aim's first event (HRIDAAI_MIGRATE_STOP_AT)
     hit: str | None = None  # the stage of the last event seen before the kill (None: it finished first)
     steps_at_kill: list[str] = field(default_factory=list)
     batches_at_kill: int = 0
@@ -67,16 +79,8 @@ class Trial:
 
 
 def stage_of(event: dict) -> str | None:
-    """The kill-point name of a progress event."""
-    stage = event.get("stage")
-    if stage in ("snapshot", "plan", "schema", "vectors"):
-        return stage
-    if stage == "load":
-        return "vectors" if str(event.get("unit", "")).startswith("vector:") else "copy"
-    if stage == "finalize":
-        step = event.get("step")
-        return {"vector-index": "index", "indexes": "index", "sequences": "stamp", "alembic": "stamp"}.get(step, step)
-    return None
+    """The kill-point name of a progress event (the product's own failpoint names)."""
+    return failpoints.point_of(event)
 
 
 class Watcher:
@@ -125,9 +129,11 @@ def _run(args: list[str], outputs: list[str]) -> subprocess.CompletedProcess:
 
 
 def kill_at(trial: Trial, args: list[str], outputs: list[str]) -> None:
-    """Start `migrate run`, SIGKILL it `trial.delay` seconds after the first event of `trial.aim`."""
+    """Start `migrate run`, SIGKILL it `trial.delay` seconds after the first event of `trial.aim` (a paused trial:
+    the run has stopped itself right after that event, so the kill lands in that phase whatever the machine)."""
+    env = dict(os.environ, **({failpoints.ENV: trial.aim} if trial.paused else {}))
     proc = subprocess.Popen(MIGRATE + ["run", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     watcher = Watcher(proc)
     if watcher.wait_for(trial.aim, timeout=300):
         time.sleep(trial.delay)
@@ -227,18 +233,20 @@ def plan_trials(n: int, seed: int, *, start: int = 0, aims: tuple[str, ...] = AI
             for i in range(n)]
 
 
+def paused_trials() -> list[Trial]:
+    """One trial per required kill point, each stopped by the run itself at the phase's first event."""
+    return [Trial(i, aim, 0.0, paused=True) for i, aim in enumerate(REQUIRED)]
+
+
 def run_trials(n: int, *, seed: int, admin_url: str, data_dir: Path = SMALL, jobs: int = 2,
-               base: Path | None = None, secrets: set[str] = frozenset(), top_up: int = 2) -> dict:
-    """n trials (jobs at a time), then up to `top_up` more per required kill point not hit yet; the summary."""
+               base: Path | None = None, secrets: set[str] = frozenset()) -> dict:
+    """max(n, len(REQUIRED)) trials, jobs at a time: one paused at each required kill point, the rest at random
+    moments; the summary."""
     base = base or Path(tempfile.mkdtemp(prefix="hm-chaos-"))
     run = lambda t: run_trial(t, admin_url=admin_url, data_dir=data_dir, base=base, secrets=secrets)  # noqa: E731
+    paused = paused_trials()
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        trials = list(pool.map(run, plan_trials(n, seed)))
-        for _ in range(top_up):
-            missing = tuple(p for p in REQUIRED if p not in {t.hit for t in trials})
-            if not missing:
-                break
-            trials += list(pool.map(run, plan_trials(len(missing), seed, start=len(trials), aims=missing)))
+        trials = list(pool.map(run, paused + plan_trials(max(0, n - len(paused)), seed, start=len(paused))))
     return summary(trials)
 
 
@@ -250,6 +258,7 @@ def summary(trials: list[Trial]) -> dict:
     return {"trials": len(trials), "killed": sum(t.hit is not None for t in trials), "kill_points": hits,
             "required_covered": sorted(set(REQUIRED) & set(hits)),
             "required_missing": sorted(set(REQUIRED) - set(hits)),
+            "paused_missed": [f"{t.aim} (hit {t.hit})" for t in trials if t.paused and t.hit != t.aim],
             "resumes": sum(len(t.resume_codes) for t in trials),
             "resumes_exit_75": sum(c == 75 for t in trials for c in t.resume_codes),
             "verify_passed": sum(t.verify_code == 0 for t in trials),
@@ -264,6 +273,7 @@ def format_summary(s: dict) -> str:
              f"kill points hit: {points}",
              f"required kill points covered: {len(s['required_covered'])}/{len(REQUIRED)}"
              + (f" (missing: {', '.join(s['required_missing'])})" if s["required_missing"] else ""),
+             "paused trials that died elsewhere than aimed: " + (", ".join(s["paused_missed"]) or "none"),
              f"resumes: {s['resumes']} (exit 75 and resumed again: {s['resumes_exit_75']})",
              f"verify: {s['verify_passed']}/{s['trials']} exit 0; trials fully ok: {s['ok']}/{s['trials']}"]
     for t in s["failed"]:
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(s))
     if a.json:
         a.json.write_text(json.dumps(s, indent=1))
-    return 0 if s["ok"] == s["trials"] and not s["required_missing"] else 1
+    return 0 if s["ok"] == s["trials"] and not s["required_missing"] and not s["paused_missed"] else 1
 
 
 if __name__ == "__main__":

@@ -9,18 +9,18 @@ import sys
 
 import click
 
-from migrator import commands, settings as settings_mod
+from migrator import access, commands, settings as settings_mod
 from migrator.errors import EXIT_FATAL, EXIT_USAGE, WRITE_ERRNOS, MigrationError, work_dir_error
 
 
 def _common(f):
     options = [
-        click.option("--data-dir", type=click.Path(file_okay=False), help="HridaAI's DATA_DIR (holds hridaai.db)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, readable=False), help="HridaAI's DATA_DIR (holds hridaai.db)."),
         click.option("--work-dir", type=click.Path(file_okay=False),
                      help="Snapshot, reports, embedded server. Default ./hridaai-migrate-work."),
         click.option("--target", help="PostgreSQL URL (default DATABASE_URL; none = embedded PostgreSQL)."),
         click.option("--pgvector-target", help="pgvector database URL (default PGVECTOR_DB_URL, else the target)."),
-        click.option("--chroma-path", type=click.Path(file_okay=False), help="Chroma dir (CHROMA_DATA_PATH)."),
+        click.option("--chroma-path", type=click.Path(file_okay=False, readable=False), help="Chroma dir (CHROMA_DATA_PATH)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         click.option("--log-format", type=click.Choice(["auto", "text", "json", "none"]), default=None,
                      help="Progress/log format (default: json when stderr is not a terminal)."),
@@ -64,6 +64,7 @@ def _invoke(fn, kw: dict, **extra) -> None:
     as_json = kw.pop("as_json", False)
     kw.pop("log_format_set", None)
     os.umask(0o077)  # every file the tool creates (snapshot, scratch copies, reports) is private to its user
+    settings = None
     try:
         settings = _settings(kw)
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -73,6 +74,11 @@ def _invoke(fn, kw: dict, **extra) -> None:
             _emit(exc.outcome, as_json)
         click.echo(exc.render(), err=True)
         sys.exit(exc.exit_code)
+    except PermissionError as exc:  # an unreadable source (exit 4) or an unwritable work dir, never "a bug"
+        err = access.explain(exc, [p for p in (settings.data_dir, settings.vector_store) if p is not None]
+                             if settings is not None else [])
+        click.echo(err.render(), err=True)
+        sys.exit(err.exit_code)
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             _unexpected(exc)

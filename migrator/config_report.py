@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from migrator import access
 from migrator.dsn import ssl_summary
 from migrator.settings import Settings
 
@@ -61,7 +62,10 @@ def notes(settings: Settings) -> list[str]:
     out = []
     if settings.data_dir is None:
         out.append("DATA_DIR is not set: pass --data-dir or set DATA_DIR to the directory that holds hridaai.db")
-    elif not settings.source_db.exists():
+    elif access.exists(settings.source_db) is None:  # config only looks: it never opens the source
+        out.append(f"{settings.data_dir} cannot be looked into as {access.identity()}: plan and run will refuse "
+                   "(securityContext runAsUser / fsGroup, or the files' modes)")
+    elif not access.exists(settings.source_db):
         out.append(f"no hridaai.db (or webui.db) in {settings.data_dir}")
     if settings.embedded:
         out.append("no DATABASE_URL / --target: plan, run and verify use the EMBEDDED PostgreSQL under "

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from migrator import failpoints
+
 
 class Progress:
     """The protocol: start(unit, rows, bytes) / advance(unit, rows, bytes, batch) / finish(unit) / event(...)."""
@@ -61,6 +63,7 @@ class JsonProgress(Progress):
         doc = {"ts": round(time.time(), 3), "stage": stage, **fields}
         self.stream.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
         self.stream.flush()
+        failpoints.reached(doc)
 
 
 class TqdmProgress(Progress):

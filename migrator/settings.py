@@ -72,7 +72,7 @@ class Settings:
                 hint="pass --data-dir or set DATA_DIR to the directory that holds hridaai.db",
             )
         for name in SOURCE_DB_NAMES:
-            if (self.data_dir / name).exists():
+            if os.path.exists(self.data_dir / name):  # never raises: an unreadable DATA_DIR is the snapshot's error
                 return self.data_dir / name
         return self.data_dir / SOURCE_DB_NAMES[0]
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from migrator import __version__
+from migrator import __version__, access
 from migrator.errors import PreflightError, UsageError, work_dir_error
 from migrator.settings import Settings
 from migrator.sources import sqlite as src
@@ -80,6 +80,7 @@ def take(settings: Settings) -> Snapshot:
     One snapshot at a time per work dir (a file lock); a killed snapshot leaves only a temp dir, removed next time.
     """
     source = settings.source_db
+    access.check_source(source, settings.vector_store)
     _check_source(source)
     work = ensure_private_dir(settings.work_dir)
     with _work_lock(work):

@@ -78,14 +78,25 @@ def target_url(pg_admin_url):
             time.sleep(1)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m migrator ...` as a real process."""
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600,
+            prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m migrator ...` as a real process (after `prefix`, e.g. setpriv)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("DATABASE_URL", None) if env is None or "DATABASE_URL" not in env else None
-    proc = subprocess.run(MIGRATE + list(args), capture_output=True, text=True, timeout=timeout, env=full_env,
+    proc = subprocess.run([*prefix, *MIGRATE, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=ROOT)
     assert_no_secret(list(args), proc)
     return proc
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file modes bind this user as they bind uid 10001 in the Job: nothing for a
+    normal user; for root, setpriv without any capability (no DAC override: a 000 file is unreadable, even to its
+    owner)."""
+    if os.geteuid() != 0:
+        return []
+    assert shutil.which("setpriv"), "root runs of the suite need setpriv (util-linux) to drop root's file rights"
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
 
 
 def with_password(url: str, password: str) -> str:

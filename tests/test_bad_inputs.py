@@ -8,6 +8,7 @@ bytes unchanged; the target unchanged by the command (its tables, row counts and
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import sqlite3
@@ -384,3 +385,42 @@ def test_server_older_than_supported_is_refused():
     assert check.severity == "error" and "12.17" in check.message and "13 or newer" in check.hint
     assert not [c for c in checks.target_checks(TargetState(160004, "16.4", "public"), plan,
                                                 settings_mod.build({"policies": {}})) if c.code == "server-too-old"]
+
+
+def _unreadable_case(tmp_path: Path, target_url: str, path_of, command: str):
+    data = tmp_path / "data"
+    _copy_small(Ctx(tmp_path, target_url, "", data))
+    blocked = path_of(data)
+    mode = blocked.stat().st_mode
+    before = target_state(target_url)
+    blocked.chmod(0)
+    try:
+        proc = run_cli(command, "--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+                       "--log-format", "none", prefix=conftest.unprivileged())
+    finally:
+        blocked.chmod(mode)
+    assert target_state(target_url) == before
+    return blocked, proc
+
+
+@pytest.mark.parametrize("which", ["hridaai.db", "chroma-segment-file"])
+def test_unreadable_source_is_an_operator_error_naming_file_uid_and_fix(which, target_url, tmp_path):
+    pick = {"hridaai.db": lambda d: d / "hridaai.db",
+            "chroma-segment-file": lambda d: sorted((d / "vector_db").rglob("data_level0.bin"))[0]}[which]
+    blocked, proc = _unreadable_case(tmp_path, target_url, pick, "run")
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr and "bug" not in proc.stderr, proc.stderr
+    assert f"ERROR: cannot read the source: permission denied on {blocked}" in proc.stderr, proc.stderr
+    assert f"runs as uid {os.geteuid()}" in proc.stderr and "mode 0000" in proc.stderr, proc.stderr
+    hint = next(line for line in proc.stderr.splitlines() if line.startswith("HINT:"))
+    assert "runAsUser" in hint and "fsGroup" in hint and "chmod" in hint, hint
+
+
+def test_unsearchable_data_dir_config_only_looks_snapshot_names_the_directory(target_url, tmp_path):
+    _, config = _unreadable_case(tmp_path, target_url, lambda d: d, "config")
+    assert config.returncode == 0, config.stderr
+    assert "cannot be looked into as uid" in config.stdout, config.stdout
+    (tmp_path / "again").mkdir()
+    blocked, snap = _unreadable_case(tmp_path / "again", target_url, lambda d: d, "snapshot")
+    assert snap.returncode == 4, snap.stderr
+    assert f"permission denied on {blocked}" in snap.stderr and "runAsUser" in snap.stderr, snap.stderr

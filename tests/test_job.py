@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -107,17 +108,27 @@ class Pod:
 
 
 @pytest.fixture
-def readonly_data(tmp_path):
-    data = tmp_path / "data"
+def job_root():
+    """The pod's volumes live here, not under pytest's tmp_path: that is private to the user running pytest
+    (/tmp/pytest-of-root is 0700), and the steps may run as another uid, as the Job's pod does."""
+    base = Path(tempfile.mkdtemp(prefix="hm-job-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def readonly_data(job_root):
+    data = job_root / "data"
     shutil.copytree(SMALL, data)
     for p in sorted(data.rglob("*"), reverse=True) + [data]:
-        p.chmod(p.stat().st_mode & ~0o222)
+        p.chmod((p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0)) & ~0o222)  # readable by the pod's uid
     yield data
     for p in [data, *data.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o200)
 
 
-def test_job_steps_with_a_killed_pod_then_a_retry(readonly_data, target_url, tmp_path):
+def test_job_steps_with_a_killed_pod_then_a_retry(readonly_data, target_url, job_root):
     steps = _steps()
     assert list(steps) == ["config", "plan", "load", "verify"]
     before = tree_digest(readonly_data)
@@ -125,7 +136,7 @@ def test_job_steps_with_a_killed_pod_then_a_retry(readonly_data, target_url, tmp
     if runner.enforced:  # the copy is really read-only for the steps
         touch = runner.popen(["sh", "-c", f"touch {readonly_data}/x"], stderr=subprocess.DEVNULL)
         assert touch.wait(30) != 0
-    pod1 = Pod(tmp_path / "pod1", readonly_data, target_url, runner)
+    pod1 = Pod(job_root / "pod1", readonly_data, target_url, runner)
     for name in ("config", "plan"):
         done = pod1.run(steps[name])
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -138,7 +149,7 @@ def test_job_steps_with_a_killed_pod_then_a_retry(readonly_data, target_url, tmp
     assert load.returncode == EXIT_TRANSIENT, out + err
     assert query(target_url, "SELECT count(*) AS n FROM hridaai_migrate.run")[0]["n"] == 1
 
-    pod2 = Pod(tmp_path / "pod2", readonly_data, target_url, runner)  # retried pod: new emptyDirs, new snapshot
+    pod2 = Pod(job_root / "pod2", readonly_data, target_url, runner)  # retried pod: new emptyDirs, new snapshot
     results = {}
     for name, container in steps.items():  # in order; a pod stops at the first failing container
         results[name] = pod2.run(container)

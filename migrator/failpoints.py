@@ -1,0 +1,46 @@
+"""Fault injection for tests: stop the process at a named phase of `migrate run`, deterministically.
+
+`HRIDAAI_MIGRATE_STOP_AT=index` (a comma-separated list of the points below) makes the process stop itself with
+SIGSTOP right after it has written the first progress event of that phase, before it does any of the phase's work.
+A test that reads the JSON events then sends SIGKILL and knows where the run died, however fast the machine is: a
+kill aimed at a 20 ms phase by a timer misses it on a fast machine. Unset (always, in production) it costs one
+dict lookup per event.
+
+The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
+vectors (a collection's load starts), index (secondary or vector index builds), stamp (sequences, alembic).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "HRIDAAI_MIGRATE_STOP_AT"
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "index", "stamp")
+_FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
+                   "sequences": "stamp", "alembic": "stamp"}
+_stopped: set[str] = set()
+
+
+def point_of(event: dict) -> str | None:
+    """The phase (one of POINTS, or a finalize step's own name) that a progress event belongs to."""
+    stage = event.get("stage")
+    if stage in ("snapshot", "plan", "schema", "vectors"):
+        return stage
+    if stage == "load":
+        return "vectors" if str(event.get("unit", "")).startswith("vector:") else "copy"
+    if stage == "finalize":
+        step = event.get("step")
+        return _FINALIZE_STEPS.get(step, step)
+    return None
+
+
+def reached(event: dict) -> None:
+    """Called after an event is written: SIGSTOP this process the first time a point named in the env is reached."""
+    wanted = os.environ.get(ENV)
+    if not wanted:
+        return
+    point = point_of(event)
+    if point in wanted.split(",") and point not in _stopped:
+        _stopped.add(point)
+        os.kill(os.getpid(), signal.SIGSTOP)
