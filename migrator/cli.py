@@ -151,7 +151,7 @@ def status(**kw) -> None:
 @main.command()
 def policies() -> None:
     """List the conversion policies, their default and allowed actions."""
-    from migrator.convert import POLICIES
+    from migrator.convert.policies import POLICIES
 
     for name, (default, allowed, about) in POLICIES.items():
         click.echo(f"{name:<22} default {default:<9} allowed {'|'.join(allowed):<22} {about}")

@@ -11,7 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator import catalog, embedded, ledger, load, plan as plan_stage, snapshot as snap, verify as verify_stage
+from migrator import catalog, embedded, ledger, snapshot as snap
+from migrator.load import run as load
+from migrator.plan import build as plan_stage
+from migrator.verify import run as verify_stage
 from migrator.errors import MigrationError, PreflightError, UsageError, VerificationFailed, work_dir_error
 from migrator.progress import Progress, choose
 from migrator.settings import Settings, mask_dsn

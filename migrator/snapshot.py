@@ -305,7 +305,7 @@ def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:
         files = list(hashed)
     digest = hashlib.sha256("\n".join(f"{f['path']}:{f['sha256']}" for f in files).encode()).hexdigest()
     if vector is not None:
-        from migrator.sources import chroma_files
+        from migrator.sources.chroma import store as chroma_files
 
         vector.update(chroma_files.describe_store(directory / VECTOR_DIR))
     return Snapshot(snapshot_id=digest[:32], directory=str(directory), source_revision=revision,

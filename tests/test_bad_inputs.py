@@ -373,8 +373,9 @@ def test_bad_input(name, target_url, pg_admin_url, tmp_path):
 
 def test_server_older_than_supported_is_refused():
     """No PostgreSQL 12 server here: the check function is given the state a 12.x server reports."""
-    from migrator import checks, settings as settings_mod
-    from migrator.plan_model import Plan
+    from migrator import settings as settings_mod
+    from migrator.plan import checks
+    from migrator.plan.model import Plan
     from migrator.targets.postgres import TargetState
 
     state = TargetState(server_version=120017, server_version_text="12.17", schema="public")

@@ -7,9 +7,9 @@ import datetime as dt
 import itertools
 import random
 
-from migrator import checksum as ck
+from migrator.verify import checksum as ck
 from migrator import ledger
-from migrator.verify_table import fast_keys
+from migrator.verify.table import fast_keys
 
 VALUES = ["ab", "", "é\ud800", None, 0, 1, -7, 10 ** 30, ck.INT64 - 1, -ck.INT64, ck.INT64, True, False, 1.0,
           dt.date(2020, 1, 1), b"x", "1", "I1", b"1", "B1", "\x00", "é" * 700]

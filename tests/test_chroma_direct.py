@@ -1,7 +1,7 @@
 """The direct Chroma file reader yields exactly what chromadb's get pages yield, or refuses.
 
 Every equality test reads one copy of a store with chromadb (``iter_batches_client``) and
-another copy with :mod:`migrator.sources.chroma_direct`, chunk by chunk.  Stores are copied
+another copy with :mod:`migrator.sources.chroma.direct`, chunk by chunk.  Stores are copied
 before chromadb opens them: chromadb rewrites a store it opens.
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from migrator.sources import chroma, chroma_direct
-from migrator.sources.chroma import Chunk
+from migrator.sources.chroma import client as chroma
+from migrator.sources.chroma import direct as chroma_direct
+from migrator.sources.chroma.client import Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = [ROOT / "fixtures/hridaai-0.12.4-small/vector_db",
@@ -258,8 +259,8 @@ def test_catalog_describes_generated_store_like_chromadb(generated: Path, tmp_pa
 
 
 def _assert_catalog_equal(store_dir: Path) -> None:
-    from migrator import vectors_source
-    from migrator.sources import chroma_catalog
+    from migrator.vectors import source as vectors_source
+    from migrator.sources.chroma import collections as chroma_catalog
 
     direct = chroma_direct.open_store(store_dir)
     assert direct is not None

@@ -20,7 +20,7 @@ chromadb = pytest.importorskip("chromadb")
 from chromadb.config import Settings  # noqa: E402
 
 from migrator.errors import UsageError  # noqa: E402
-from migrator.sources import chroma  # noqa: E402
+from migrator.sources.chroma import client as chroma  # noqa: E402
 
 BIG, SMALL, IP = "big-cosine", "small-l2", "tiny-ip"
 BIG_N = 1500  # > sync_threshold (1000): part of the vectors leave embeddings_queue for HNSW files

@@ -13,8 +13,8 @@ import pytest
 from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 from test_resume import _no_duplicates, _start
 
-from migrator import load_parts
-from migrator.plan_model import TablePlan
+from migrator.load import split as load_parts
+from migrator.plan.model import TablePlan
 
 EXTRA = 110_000  # > 2 x PART_ROWS: `message` loads in 2 parts
 

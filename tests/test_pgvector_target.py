@@ -313,7 +313,7 @@ def test_halfvec_mode(db):
 
 def test_real_fixture_end_to_end(db, tmp_path):
     """Every chunk of the real 0.12.4 store lands padded, and finds itself by cosine distance."""
-    chroma = pytest.importorskip("migrator.sources.chroma")
+    chroma = pytest.importorskip("migrator.sources.chroma.client")
     fixture = FIXTURE
     if fixture is None:
         pytest.skip("fixture hridaai-0.12.4-small not found")

@@ -124,8 +124,9 @@ def test_existing_target_with_only_seed_rows_is_used(target_url, tmp_path):
 
 def test_check_constraints_of_the_target_are_evaluated_on_the_source():
     """A source table without the target's CHECK (a legacy shape): plan names the rows PostgreSQL will refuse."""
-    from migrator import catalog, checks
-    from migrator.plan_model import ColumnPlan, TablePlan
+    from migrator import catalog
+    from migrator.plan import checks
+    from migrator.plan.model import ColumnPlan, TablePlan
 
     target = catalog.load("0bd252b206fb").tables["channel_member"]
     db = sqlite3.connect(":memory:")
@@ -142,8 +143,9 @@ def test_check_constraints_of_the_target_are_evaluated_on_the_source():
 def test_unique_checks_skip_only_what_sqlite_enforces_the_same_way():
     """A key SQLite already keeps unique (a full BINARY unique index) is not grouped again; a NOCASE or partial
     unique index, or none, does not count: their duplicates are still found."""
-    from migrator import catalog, checks
-    from migrator.plan_model import ColumnPlan, TablePlan
+    from migrator import catalog
+    from migrator.plan import checks
+    from migrator.plan.model import ColumnPlan, TablePlan
 
     target = catalog.load("0bd252b206fb").tables["tag"]
     db = sqlite3.connect(":memory:")

@@ -103,7 +103,7 @@ def _chromadb_client_calls() -> list[tuple[str, int, set[str]]]:
 
 
 def test_every_chromadb_client_has_telemetry_off():
-    from migrator.sources import chroma
+    from migrator.sources.chroma import client as chroma
 
     calls = _chromadb_client_calls()
     assert len(calls) >= 3  # PersistentClient and HttpClient in sources/chroma.py, the version probe

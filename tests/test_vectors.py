@@ -179,7 +179,7 @@ def test_verify_finds_a_changed_vector_text_and_a_missing_chunk(target_url, tmp_
 
 
 def test_verify_bundles_bound_each_worker():
-    from migrator.vectors_verify import BUNDLE_CHUNKS, _bundles
+    from migrator.vectors.verify import BUNDLE_CHUNKS, _bundles
 
     infos = [{"name": f"c{i}", "count": n} for i, n in enumerate([BUNDLE_CHUNKS * 2, 10, BUNDLE_CHUNKS - 5, 3, 7])]
     got = _bundles(infos)
@@ -192,7 +192,7 @@ def test_verify_budget_bounds_the_workers_together():
     """Bundles run at most `workers` at once and together within the chunk budget; a bigger one runs alone."""
     import asyncio
 
-    from migrator.vectors_verify import _Budget
+    from migrator.vectors.verify import _Budget
 
     async def scenario():
         gate, seen = _Budget(2, 30), []

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from migrator import vectors_source
+from migrator.vectors import source as vectors_source
 from migrator.errors import MigrationError, WorkDirError
-from migrator.plan_model import Check, Plan
+from migrator.plan.model import Check, Plan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
-from migrator.sources import chroma
+from migrator.sources.chroma import client as chroma
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
 
@@ -72,7 +72,7 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
 
 def _newer_store(snapshot: Snapshot, plan: Plan) -> bool:
     """An error check when a newer chromadb than the installed one wrote the store (its schema is unknown here)."""
-    from migrator.sources import chroma_files
+    from migrator.sources.chroma import store as chroma_files
 
     newer = chroma_files.newer_than_installed((snapshot.vector_store or {}).get("schema_versions") or {},
                                               cache_dir=Path(snapshot.directory).parent)

@@ -7,8 +7,8 @@ import asyncpg
 from migrator import catalog as cat
 from migrator import ledger
 from migrator.errors import PreflightError
-from migrator.plan_model import Plan, TablePlan
-from migrator.rows import Converted, TableConverter
+from migrator.plan.model import Plan, TablePlan
+from migrator.convert.table import Converted, TableConverter
 from migrator.settings import Settings
 from migrator.targets import postgres as pgt
 

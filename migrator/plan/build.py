@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import checks as chk
-from migrator import convert, schema_capture, vectors_plan
+from migrator.plan import checks as chk
+from migrator import schema_capture
+from migrator.convert import policies as convert
+from migrator.vectors import plan as vectors_plan
 from migrator.errors import MigrationError
-from migrator.plan_model import Check, ColumnPlan, Plan, TablePlan
+from migrator.plan.model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src

@@ -13,15 +13,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from migrator import ledger, vectors_source
-from migrator.plan_model import Plan
+from migrator import ledger
+from migrator.vectors import source as vectors_source
+from migrator.plan.model import Plan
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
-from migrator.sources import chroma
+from migrator.sources.chroma import client as chroma
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
-from migrator.vectors_load import BATCH, unit_of
-from migrator.vectors_plan import spec_of
+from migrator.vectors.load import BATCH, unit_of
+from migrator.vectors.plan import spec_of
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6")

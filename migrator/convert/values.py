@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any
 
-from migrator.convert import Context, Converter, canonical_json_number, parse_date, parse_timestamp
+from migrator.convert.policies import Context, Converter, canonical_json_number, parse_date, parse_timestamp
 
 _SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
 # a \u0000 escape or an escaped surrogate that looks unpaired, as one fast search (the pattern starts with a literal

@@ -6,9 +6,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrator import convert, convert_values, fastpath
+from migrator.convert import policies as convert
+from migrator.convert import values as convert_values
+from migrator.convert import fastpath
 from migrator.ledger import dumps
-from migrator.plan_model import TablePlan
+from migrator.plan.model import TablePlan
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import AsyncIterator, Iterator, Sequence
 
 from migrator import catalog as cat
 from migrator import ledger
-from migrator.checksum import TableSum, batch_digests, buckets_of
-from migrator.plan_model import TablePlan
-from migrator.rows import TableConverter
+from migrator.verify.checksum import TableSum, batch_digests, buckets_of
+from migrator.plan.model import TablePlan
+from migrator.convert.table import TableConverter
 from migrator.sources import sqlite as src
 
 FIRST_ROWS = 200

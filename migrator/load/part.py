@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from migrator import ledger, load_parts
-from migrator.load_batch import BatchWriter
-from migrator.load_read import Reader
-from migrator.plan_model import Plan, TablePlan
+from migrator import ledger
+from migrator.load import split as load_parts
+from migrator.load.write import BatchWriter
+from migrator.load.read import Reader
+from migrator.plan.model import Plan, TablePlan
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot

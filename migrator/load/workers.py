@@ -25,10 +25,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from migrator import ledger, load_parts
+from migrator import ledger
+from migrator.load import split as load_parts
 from migrator.errors import MigrationError, TransientError
-from migrator.load_unit import load_part
-from migrator.plan_model import Plan
+from migrator.load.part import load_part
+from migrator.plan.model import Plan
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from migrator.sources.chroma import Batch, Chunk, _vectors_by_id
-from migrator.sources.chroma_hnsw import PICKLE_FILE, HnswRefused, HnswSegment, load_id_to_label
+from migrator.sources.chroma.client import Batch, Chunk, _vectors_by_id
+from migrator.sources.chroma.hnsw import PICKLE_FILE, HnswRefused, HnswSegment, load_id_to_label
 
 log = logging.getLogger(__name__)
 

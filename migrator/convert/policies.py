@@ -131,7 +131,7 @@ def kind_of(pg_type: str) -> str:
 
 def converter_for(column: str, pg_type: str, nullable: bool) -> Converter:
     """Build the converter for one target column (done once per column, not per value)."""
-    from migrator import convert_values as cv
+    from migrator.convert import values as cv
 
     kind = kind_of(pg_type)
     if kind == "text":

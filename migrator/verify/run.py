@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger, load_parts
-from migrator import verify_pool as pool
-from migrator import verify_table as vt
-from migrator.checksum import batch_digests, buckets_of
-from migrator.plan_model import Plan, TablePlan
-from migrator.rows import TableConverter
+from migrator import ledger
+from migrator.load import split as load_parts
+from migrator.verify import pool
+from migrator.verify import table as vt
+from migrator.verify.checksum import batch_digests, buckets_of
+from migrator.plan.model import Plan, TablePlan
+from migrator.convert.table import TableConverter
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
@@ -91,7 +92,7 @@ async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 
         await _alembic(conn, plan, snapshot, report)
         await _sequences(conn, plan, report)
         if settings is not None and plan.vectors:
-            from migrator import vectors_verify
+            from migrator.vectors import verify as vectors_verify
 
             report.vectors = await vectors_verify.check(settings, plan, snapshot, seed=seed)
             report.problems += report.vectors["problems"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from migrator.plan_model import TablePlan
+from migrator.plan.model import TablePlan
 from migrator.sources import sqlite as src
 
 SEP = "#"

@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 
 from migrator import catalog as cat
-from migrator import ledger, load_parts, load_workers, vectors_load
-from migrator.concurrency import run_all
+from migrator import ledger
+from migrator.load import split as load_parts
+from migrator.load import workers as load_workers
+from migrator.vectors import load as vectors_load
+from migrator.parallel import run_all
 from migrator.errors import PreflightError
-from migrator.load_unit import load_part
-from migrator.plan_model import Plan
+from migrator.load.part import load_part
+from migrator.plan.model import Plan
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from migrator.sources.chroma import DEFAULT_SPACE, SPACES, CollectionInfo
-from migrator.sources.chroma_direct import _METADATA_SEGMENT, DirectStore
+from migrator.sources.chroma.client import DEFAULT_SPACE, SPACES, CollectionInfo
+from migrator.sources.chroma.direct import _METADATA_SEGMENT, DirectStore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from typing import Any
 from migrator.errors import work_dir_error
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot, private_tree
-from migrator.sources import chroma, chroma_catalog, chroma_direct
+from migrator.sources.chroma import client as chroma
+from migrator.sources.chroma import collections as chroma_catalog
+from migrator.sources.chroma import direct as chroma_direct
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import sqlite3
 from collections import Counter
 
 from migrator import catalog as cat
-from migrator import convert
-from migrator.plan_model import Check, Plan
+from migrator.convert import policies as convert
+from migrator.plan.model import Check, Plan
 from migrator.ledger import dumps
-from migrator.rows import TableConverter, key_text
+from migrator.convert.table import TableConverter, key_text
 from migrator.settings import Settings
 from migrator.sources import sqlite as src
 from migrator.targets.postgres import MIN_SERVER_VERSION, TargetState

@@ -6,8 +6,8 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from migrator.plan_model import TablePlan
-from migrator.rows import TableConverter
+from migrator.plan.model import TablePlan
+from migrator.convert.table import TableConverter
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 

@@ -10,16 +10,17 @@ import asyncio
 
 import asyncpg
 
-from migrator import ledger, vectors_source
-from migrator.concurrency import run_all
+from migrator import ledger
+from migrator.vectors import source as vectors_source
+from migrator.parallel import run_all
 from migrator.errors import PreflightError, TransientError
-from migrator.plan_model import Plan
+from migrator.plan.model import Plan
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
-from migrator.vectors_plan import spec_of
+from migrator.vectors.plan import spec_of
 
 BATCH = 1000
 PREFIX = "vector:"

@@ -13,7 +13,7 @@ from itertools import filterfalse, repeat
 from operator import contains
 from typing import Callable, Sequence
 
-from migrator.convert import kind_of
+from migrator.convert.policies import kind_of
 
 NoneType = type(None)
 _SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
@@ -167,7 +167,7 @@ def convert_batch(conv, raws: list[tuple], out) -> bool:
 
 
 def _slow_columns(conv, raws, rows, slow: list[int], out) -> None:
-    from migrator import convert
+    from migrator.convert import policies as convert
     from migrator.ledger import dumps
 
     ctx = convert.Context(conv.actions)

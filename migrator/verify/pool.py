@@ -14,9 +14,9 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migrator.plan_model import TablePlan
+from migrator.plan.model import TablePlan
 from migrator.targets import postgres as pgt
-from migrator.verify_table import SideResult, source_side, target_sum
+from migrator.verify.table import SideResult, source_side, target_sum
 
 SMALL_ROWS = 20_000
 SMALL_BYTES = 16 << 20
