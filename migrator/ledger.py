@@ -14,8 +14,11 @@ from typing import Any
 import asyncpg
 
 from migrator.catalog import OWN_SCHEMA, qi
+from migrator.convert.keys import dumps  # noqa: F401  (the ledger's text form; callers use ledger.dumps)
 
 S = qi(OWN_SCHEMA)
+UNIT_SEP = "#"  # a table's parts are the units `chat`, `chat#2`, ...
+VECTOR_PREFIX = "vector:"  # a collection's unit is `vector:<name>`
 LOCK_KEY = 0x48524944  # "HRID": one migration at a time per target database
 WRITERS_KEY = 0x48524957  # "HRIW": held (shared) by every load worker process while it may commit batches
 
@@ -50,11 +53,6 @@ class UnitProgress:
     rows: int
     quarantined: int
     last_commit: Any = None
-
-
-def dumps(value: Any) -> str:
-    """ASCII JSON text: safe in a PostgreSQL text column whatever the value holds."""
-    return json.dumps(value, ensure_ascii=True, default=str)
 
 
 async def ensure(conn: asyncpg.Connection) -> None:
@@ -164,6 +162,43 @@ async def fixups(conn: asyncpg.Connection) -> list[dict]:
     """Every fixup applied."""
     return [dict(r) for r in await conn.fetch(
         f"SELECT unit, key, column_name, policy, action, original FROM {S}.fixup ORDER BY unit, key, column_name")]
+
+
+def table_of(unit: str) -> str:
+    """The table a ledger unit belongs to (`chat#3` -> `chat`)."""
+    return unit.split(UNIT_SEP, 1)[0]
+
+
+async def quarantine_keys(conn: asyncpg.Connection, table: str) -> set[str]:
+    """The keys quarantined from every part of `table` (nothing when there is no ledger)."""
+    if not await exists(conn):
+        return set()
+    return {r[0] for r in await conn.fetch(f"SELECT key FROM {S}.quarantine WHERE split_part(unit, $2, 1) = $1",
+                                           table, UNIT_SEP)}
+
+
+async def set_null_fixups(conn: asyncpg.Connection, table: str) -> dict[str, list[str]]:
+    """key -> the columns of it that `orphan_set_null` set NULL, over every part of `table`."""
+    if not await exists(conn):
+        return {}
+    out: dict[str, list[str]] = {}
+    for key, column in await conn.fetch(f"SELECT key, column_name FROM {S}.fixup WHERE split_part(unit, $2, 1) = $1 "
+                                        "AND policy = 'orphan_set_null'", table, UNIT_SEP):
+        out.setdefault(key, []).append(column)
+    return out
+
+
+async def fixup_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """unit -> how many fixups it recorded."""
+    return {r[0]: r[1] for r in await conn.fetch(f"SELECT unit, count(*) FROM {S}.fixup GROUP BY unit")}
+
+
+async def vector_quarantine(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """(unit, key, policy) of every quarantined vector chunk (nothing when there is no ledger)."""
+    if not await exists(conn):
+        return []
+    return [tuple(r) for r in await conn.fetch(f"SELECT unit, key, policy FROM {S}.quarantine WHERE unit LIKE $1",
+                                               VECTOR_PREFIX + "%")]
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:

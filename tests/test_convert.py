@@ -12,7 +12,8 @@ from hypothesis import example, given, settings, strategies as st
 
 from migrator.convert import policies as convert
 from migrator.convert import values as convert_values
-from migrator.convert.policies import Context, RowRejected, converter_for
+from migrator.convert.policies import Context, RowRejected
+from migrator.convert.values import converter_for
 
 ACTIONS = convert.resolve_actions({})
 sqlite_values = st.one_of(st.none(), st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),

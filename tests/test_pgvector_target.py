@@ -69,7 +69,7 @@ async def _setup(conn, spec):
 def _halfvec_supported(db) -> bool:
     async def probe(conn):
         version = await pgv.ensure_extension(conn)
-        return pgv._version_tuple(version) >= pgv.HALFVEC_MIN_VERSION
+        return pgv.version_tuple(version) >= pgv.HALFVEC_MIN_VERSION
 
     return db(probe)
 

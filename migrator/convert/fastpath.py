@@ -13,22 +13,13 @@ from itertools import filterfalse, repeat
 from operator import contains
 from typing import Callable, Sequence
 
-from migrator.convert.policies import kind_of
+from migrator.convert.policies import INT_RANGE, VARCHAR, kind_of
+from migrator.convert.values import SURROGATE_ESCAPED, SUSPECT_ESCAPE  # one definition: both paths must agree
 
 NoneType = type(None)
-_SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
-# \u0000, a high surrogate escape not followed by a low one, a low one not preceded by a high one. An escaped
-# backslash before "u" can only cause a false positive (the per-value path then decides), never a false negative.
-_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                             r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})"
-                             # a "pair" whose high half may be text after an escaped backslash: let the per-value
-                             # path decide
-                             r"|\\\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F]")
 SEPARATOR = "\x01"  # joins short values for one search (see _haystacks)
 JOIN_CHARS = 1 << 20
-_VARCHAR = re.compile(r"\((\d+)\)$")
 _BOOL = {0: False, 1: True, None: None}
-_INT_LIMITS = {"bigint": 2 ** 63, "integer": 2 ** 31, "smallint": 2 ** 15}
 
 Proof = Callable[[Sequence, bool], "list | Sequence | None"]
 
@@ -37,12 +28,12 @@ def proof_for(pg_type: str, nullable: bool) -> Proof | None:
     """The fast check for one target column type, or None when the kind always takes the per-value path."""
     kind = kind_of(pg_type)
     if kind == "text":
-        m = _VARCHAR.search(pg_type)
-        base = _text(int(m.group(1)) if m else None)
+        m = VARCHAR.match(pg_type.lower())
+        base = _text(int(m.group(1)) if m and m.group(1) else None)
     elif kind == "json":
         base = _json
     elif kind == "int":
-        base = _int(_INT_LIMITS[pg_type.lower()])
+        base = _int(INT_RANGE[pg_type.lower()])
     elif kind == "bool":
         base = _bool
     else:
@@ -78,7 +69,7 @@ def _clean_strings(values: list, lenient: bool) -> bool:
     """No NUL, and (only when the batch was read leniently) no text decoded from invalid UTF-8."""
     if _any_contains(values, "\x00"):
         return False
-    return not lenient or not any(map(_SURROGATE_ESCAPED.search, filterfalse(str.isascii, values)))
+    return not lenient or not any(map(SURROGATE_ESCAPED.search, filterfalse(str.isascii, values)))
 
 
 def _text(max_len: int | None) -> Proof:
@@ -100,7 +91,7 @@ def _json(col: Sequence, lenient: bool):
     hay = _haystacks(values)
     if not _clean_strings(hay, lenient) or _any_contains(hay, "NaN") or _any_contains(hay, "Infinity"):
         return None
-    if any(map(_SUSPECT_ESCAPE.search, hay)):
+    if any(map(SUSPECT_ESCAPE.search, hay)):
         return None
     return col
 
@@ -168,7 +159,7 @@ def convert_batch(conv, raws: list[tuple], out) -> bool:
 
 def _slow_columns(conv, raws, rows, slow: list[int], out) -> None:
     from migrator.convert import policies as convert
-    from migrator.ledger import dumps
+    from migrator.convert.keys import dumps
 
     ctx = convert.Context(conv.actions)
     kept_rows, kept_raws = [], []

@@ -71,7 +71,7 @@ class Context:
         """Record that `policy` fired on `column`; raise RowRejected when its action is reject."""
         action = self.actions[policy]
         if action == "reject":
-            raise RowRejected(column, policy, f"{POLICIES[policy][2]} ({policy}): {_preview(original)}")
+            raise RowRejected(column, policy, f"{POLICIES[policy][2]} ({policy}): {preview(original)}")
         self.fixups.append(Fixup(column, policy, action, _reportable(original)))
         return action
 
@@ -88,7 +88,7 @@ def resolve_actions(overrides: dict[str, str]) -> dict[str, str]:
     return actions
 
 
-def _preview(value: Any) -> str:
+def preview(value: Any) -> str:
     text = repr(value.hex() if isinstance(value, bytes) else value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -103,7 +103,7 @@ def _reportable(value: Any) -> Any:
 
 Converter = Callable[[Any, Context], Any]
 
-_VARCHAR = re.compile(r"^(?:character varying|varchar|character|char)(?:\((\d+)\))?$")
+VARCHAR = re.compile(r"^(?:character varying|varchar|character|char)(?:\((\d+)\))?$")
 INT_RANGE = {"bigint": 2 ** 63, "integer": 2 ** 31, "smallint": 2 ** 15}
 
 
@@ -112,7 +112,7 @@ def kind_of(pg_type: str) -> str:
     t = pg_type.lower()
     if t in ("json", "jsonb"):
         return "json"
-    if t == "text" or _VARCHAR.match(t):
+    if t == "text" or VARCHAR.match(t):
         return "text"
     if t in INT_RANGE:
         return "int"
@@ -127,35 +127,6 @@ def kind_of(pg_type: str) -> str:
     if t == "bytea":
         return "bytes"
     return "unsupported"
-
-
-def converter_for(column: str, pg_type: str, nullable: bool) -> Converter:
-    """Build the converter for one target column (done once per column, not per value)."""
-    from migrator.convert import values as cv
-
-    kind = kind_of(pg_type)
-    if kind == "text":
-        m = _VARCHAR.match(pg_type.lower())
-        base = cv.text_converter(column, int(m.group(1)) if m and m.group(1) else None)
-    elif kind == "int":
-        base = cv.int_converter(column, INT_RANGE[pg_type.lower()])
-    else:
-        base = getattr(cv, f"{kind}_converter")(column)
-    if nullable:
-        return base
-
-    def not_null(value: Any, ctx: Context) -> Any:
-        out = base(value, ctx)
-        if out is None:
-            last = ctx.fixups[-1] if ctx.fixups and value is not None else None
-            if last is not None and last.column == column and last.action == "null":
-                # a policy chose NULL, but the target refuses NULL here: the row is rejected under that policy
-                raise RowRejected(column, last.policy, f"{POLICIES[last.policy][2]} ({last.policy}), and "
-                                                       f"{column} is NOT NULL: {_preview(value)}")
-            ctx.apply(column, "null_in_not_null", value)
-        return out
-
-    return not_null
 
 
 def canonical_json_number(value: int | float) -> str:

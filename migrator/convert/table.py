@@ -9,7 +9,7 @@ from typing import Any
 from migrator.convert import policies as convert
 from migrator.convert import values as convert_values
 from migrator.convert import fastpath
-from migrator.ledger import dumps
+from migrator.convert.keys import dumps
 from migrator.plan.model import TablePlan
 
 
@@ -34,7 +34,7 @@ class TableConverter:
         self.source_columns = [c.name for c in table.columns if c.source_type is not None]
         self._src_index = {c: i for i, c in enumerate(self.source_columns)}
         self._picks = [self._src_index[c] for c in self.columns]
-        self._convs = [convert.converter_for(c.name, c.target_type, c.nullable) for c in table.copy_columns]
+        self._convs = [convert_values.converter_for(c.name, c.target_type, c.nullable) for c in table.copy_columns]
         self.convs, self.picks = self._convs, self._picks
         self.proofs = [fastpath.proof_for(c.target_type, c.nullable)
                        for c in table.copy_columns]

@@ -1,4 +1,4 @@
-"""The per-kind converters behind convert.converter_for (split out to keep each module small).
+"""The per-column converters: converter_for(column, type, nullable) and the per-kind converters behind it.
 
 Each converter takes (value, ctx) and returns what asyncpg's binary COPY expects for the target type:
 str for text and json (json travels as its text, never decoded on the fast path), bool, int, date, datetime.
@@ -13,15 +13,16 @@ import math
 import re
 from typing import Any
 
-from migrator.convert.policies import Context, Converter, canonical_json_number, parse_date, parse_timestamp
+from migrator.convert.policies import (INT_RANGE, POLICIES, VARCHAR, Context, Converter, RowRejected, preview,
+                                       canonical_json_number, kind_of, parse_date, parse_timestamp)
 
-_SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
+SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
 # a \u0000 escape or an escaped surrogate that looks unpaired, as one fast search (the pattern starts with a literal
 # backslash); false positives (an escaped backslash before "u0000", "\\\\ud83d\\ude00") only cost the exact scan
 # below, false negatives cannot happen
 _HIGH, _LOW = r"[dD][89abAB][0-9a-fA-F]{2}", r"[dD][c-fC-F][0-9a-fA-F]{2}"
 _ANY_SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # cheapest first look: no NUL or surrogate escape at all
-_SUSPECT_ESCAPE = re.compile(rf"\\(?:u0000|u{_HIGH}(?!\\u{_LOW})|u{_LOW}(?<!\\u{_HIGH}\\u{_LOW})"
+SUSPECT_ESCAPE = re.compile(rf"\\(?:u0000|u{_HIGH}(?!\\u{_LOW})|u{_LOW}(?<!\\u{_HIGH}\\u{_LOW})"
                              rf"|\\u{_HIGH}\\u{_LOW})")
 # the exact scan: escaped backslashes and valid pairs are consumed, so only real NUL / lone surrogate escapes count
 _ESCAPE_SCAN = re.compile(rf"\\(?:\\|u{_HIGH}\\u{_LOW}|(u0000)|(u[dD][89a-fA-F][0-9a-fA-F]{{2}}))")
@@ -35,7 +36,7 @@ _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 def clean_text(column: str, value: str, ctx: Context) -> str:
     """Apply the invalid-UTF-8 and NUL policies to one str."""
-    if _SURROGATE_ESCAPED.search(value) and not value.isascii():
+    if SURROGATE_ESCAPED.search(value) and not value.isascii():
         ctx.apply(column, "invalid_utf8", value.encode("utf-8", "surrogateescape"))
         value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if "\x00" in value:
@@ -101,7 +102,7 @@ def json_converter(column: str) -> Converter:
 def suspect_escapes(value: str) -> bool:
     """Whether a JSON text may hold a \\u0000 escape or an unpaired surrogate escape (never a false negative)."""
     first = _ANY_SUSPECT.search(value)
-    return first is not None and _SUSPECT_ESCAPE.search(value, max(0, first.start() - 1)) is not None
+    return first is not None and SUSPECT_ESCAPE.search(value, max(0, first.start() - 1)) is not None
 
 
 def validate_json(column: str, value: str | None, ctx: Context) -> str | None:
@@ -315,3 +316,30 @@ def unsupported_converter(column: str) -> Converter:
         raise TypeError(f"unsupported target type for column {column}")
 
     return convert
+
+
+def converter_for(column: str, pg_type: str, nullable: bool) -> Converter:
+    """Build the converter for one target column (done once per column, not per value)."""
+    kind = kind_of(pg_type)
+    if kind == "text":
+        m = VARCHAR.match(pg_type.lower())
+        base = text_converter(column, int(m.group(1)) if m and m.group(1) else None)
+    elif kind == "int":
+        base = int_converter(column, INT_RANGE[pg_type.lower()])
+    else:
+        base = globals()[f"{kind}_converter"](column)
+    if nullable:
+        return base
+
+    def not_null(value: Any, ctx: Context) -> Any:
+        out = base(value, ctx)
+        if out is None:
+            last = ctx.fixups[-1] if ctx.fixups and value is not None else None
+            if last is not None and last.column == column and last.action == "null":
+                # a policy chose NULL, but the target refuses NULL here: the row is rejected under that policy
+                raise RowRejected(column, last.policy, f"{POLICIES[last.policy][2]} ({last.policy}), and "
+                                                       f"{column} is NOT NULL: {preview(value)}")
+            ctx.apply(column, "null_in_not_null", value)
+        return out
+
+    return not_null

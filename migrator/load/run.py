@@ -343,9 +343,9 @@ async def _live_sequences(conn, schema: str) -> list[dict]:
 
 
 async def _summarise(conn, report: LoadReport) -> LoadReport:
-    fixups = {r[0]: r[1] for r in await conn.fetch(f"SELECT unit, count(*) FROM {ledger.S}.fixup GROUP BY unit")}
+    fixups = await ledger.fixup_counts(conn)
     for unit, p in sorted((await ledger.progress(conn)).items()):
-        t = report.tables.setdefault(load_parts.table_of(unit), {"rows": 0, "quarantined": 0, "fixups": 0,
+        t = report.tables.setdefault(ledger.table_of(unit), {"rows": 0, "quarantined": 0, "fixups": 0,
                                                                  "batches": 0})
         t["rows"] += p.rows
         t["quarantined"] += p.quarantined

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from migrator import ledger
 from migrator.plan.model import TablePlan
 from migrator.sources import sqlite as src
 
-SEP = "#"
 PART_BYTES = 32 << 20
 PART_ROWS = 50_000
 MAX_PARTS = 8
@@ -33,11 +33,6 @@ class Part:
     until: int
     rows: int
     bytes: int
-
-
-def table_of(unit: str) -> str:
-    """The table a ledger unit belongs to."""
-    return unit.split(SEP, 1)[0]
 
 
 def count(table: TablePlan, stored: int = 0) -> int:
@@ -81,7 +76,7 @@ def split(conn: sqlite3.Connection, table: TablePlan, stored: int = 0) -> list[P
     cuts = _cuts(conn, table, n)
     bounds = [FIRST, *cuts, LAST]
     sizes = [table.rows * (k + 1) // n - table.rows * k // n for k in range(n)]
-    return [Part(table.name, table.name if k == 0 else f"{table.name}{SEP}{k + 1}", bounds[k], bounds[k + 1],
+    return [Part(table.name, table.name if k == 0 else f"{table.name}{ledger.UNIT_SEP}{k + 1}", bounds[k], bounds[k + 1],
                  sizes[k], table.bytes * sizes[k] // table.rows) for k in range(n)]
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from migrator import catalog as cat
 from migrator.convert import policies as convert
 from migrator.plan.model import Check, Plan
-from migrator.ledger import dumps
+from migrator.convert.keys import dumps
 from migrator.convert.table import TableConverter, key_text
 from migrator.settings import Settings
 from migrator.sources import sqlite as src

@@ -179,7 +179,7 @@ END $$;
 """
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
@@ -193,7 +193,7 @@ async def _require_type(conn: Any, spec: VectorTableSpec) -> None:
     if not spec.halfvec:
         return
     version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-    if version is None or _version_tuple(version) < HALFVEC_MIN_VERSION:
+    if version is None or version_tuple(version) < HALFVEC_MIN_VERSION:
         raise PreflightError(
             "halfvec needs pgvector >= 0.7.0",
             detail=f"the server's vector extension is {version or 'not installed'}",
@@ -321,7 +321,7 @@ async def build_vector_index(conn: Any, spec: VectorTableSpec, *, min_rows: int 
 # --- data -----------------------------------------------------------------------------------
 
 
-async def _register(conn: Any) -> None:
+async def register(conn: Any) -> None:
     from pgvector.asyncpg import register_vector
 
     if conn not in _registered:

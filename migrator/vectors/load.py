@@ -23,7 +23,7 @@ from migrator.targets import postgres as pgt
 from migrator.vectors.plan import spec_of
 
 BATCH = 1000
-PREFIX = "vector:"
+PREFIX = ledger.VECTOR_PREFIX
 
 
 def unit_of(collection: str) -> str:

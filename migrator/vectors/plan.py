@@ -147,7 +147,7 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
                                      "trusted extension: only a superuser can)",
                                      hint="a DBA runs, in the target database: CREATE EXTENSION vector;"))
         version = installed or available
-        if spec.halfvec and version and pgv._version_tuple(version) < pgv.HALFVEC_MIN_VERSION:
+        if spec.halfvec and version and pgv.version_tuple(version) < pgv.HALFVEC_MIN_VERSION:
             plan.checks.append(Check("error", "halfvec-unsupported", f"PGVECTOR_USE_HALFVEC needs pgvector >= 0.7.0, "
                                      f"the server has {version}", hint="upgrade pgvector (ALTER EXTENSION vector "
                                      "UPDATE) or unset PGVECTOR_USE_HALFVEC"))

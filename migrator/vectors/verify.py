@@ -142,7 +142,7 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
     conn = await pgt.connect(settings.pgvector_url)
     out: dict[str, tuple] = {}
     try:
-        await pgv._register(conn)
+        await pgv.register(conn)
         for info in bundle:
             problems: list[str] = []
             stats = {"queries": 0, "hits": 0}
@@ -157,10 +157,8 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
 
 
 async def _quarantined(conn) -> dict[str, dict[str, str]]:
-    rows = await conn.fetch(f"SELECT unit, key, policy FROM {ledger.S}.quarantine WHERE unit LIKE 'vector:%'") \
-        if await ledger.exists(conn) else []
     out: dict[str, dict[str, str]] = {}
-    for unit, key, policy in rows:
+    for unit, key, policy in await ledger.vector_quarantine(conn):
         out.setdefault(unit, {})[json.loads(key)[0]] = policy
     return out
 

@@ -6,5 +6,5 @@ sides by `table` (the source side reads the snapshot with `sources.sqlite`, conv
 processes (`pool`); differences are localised to keys by bucket. Vectors are checked by `migrator.vectors.verify`.
 
 May import: context, settings, errors, ledger, catalog, snapshot, parallel, plan.model, convert, sources, targets,
-vectors.verify, vectors.units. Never load.
+vectors.verify. Never load.
 """

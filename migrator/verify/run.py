@@ -14,7 +14,6 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import ledger
-from migrator.load import split as load_parts
 from migrator.verify import pool
 from migrator.verify import table as vt
 from migrator.verify.checksum import batch_digests, buckets_of
@@ -109,7 +108,7 @@ async def _run_policies(conn, plan: Plan) -> dict:
 async def _jobs(conn, plan: Plan, tables: list[TablePlan], rng: random.Random) -> dict[str, pool.TableJob]:
     """Per table: the ledger's quarantined keys and set-NULL fixups, a sample seed, a size for ordering."""
     sizes = await pool.table_sizes(conn, plan.schema)
-    return {t.name: pool.TableJob(t, await _quarantine_keys(conn, t.name), await _set_null_fixups(conn, t.name),
+    return {t.name: pool.TableJob(t, await ledger.quarantine_keys(conn, t.name), await ledger.set_null_fixups(conn, t.name),
                                   rng.getrandbits(64), sizes.get(t.name, 0)) for t in tables}
 
 
@@ -136,26 +135,8 @@ async def _table(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, sides:
     return [(t, key, values) for key, values in source.sample]
 
 
-async def _quarantine_keys(conn, unit: str) -> set[str]:
-    if not await ledger.exists(conn):
-        return set()
-    return {r[0] for r in await conn.fetch(f"SELECT key FROM {ledger.S}.quarantine "
-                                           f"WHERE split_part(unit, '{load_parts.SEP}', 1) = $1", unit)}
-
-
-async def _set_null_fixups(conn, unit: str) -> dict[str, list[str]]:
-    if not await ledger.exists(conn):
-        return {}
-    out: dict[str, list[str]] = {}
-    for key, column in await conn.fetch(f"SELECT key, column_name FROM {ledger.S}.fixup "
-                                        f"WHERE split_part(unit, '{load_parts.SEP}', 1) = $1 "
-                                        "AND policy = 'orphan_set_null'", unit):
-        out.setdefault(key, []).append(column)
-    return out
-
-
 async def _quarantined_table(conn, t: TablePlan, report: VerifyReport) -> None:
-    n = len(await _quarantine_keys(conn, t.name))
+    n = len(await ledger.quarantine_keys(conn, t.name))
     ok = n == t.rows
     report.tables[t.name] = {"source_rows": t.rows, "target_rows": 0, "quarantined": n, "checksum_source": "-",
                              "checksum_target": "-", "match": ok}
