@@ -110,7 +110,7 @@ def main() -> None:
 @_common
 def snapshot(**kw) -> None:
     """Copy hridaai.db (and vector_db/) consistently into the work dir, with a manifest."""
-    _invoke(commands.take_snapshot, kw)
+    _invoke(commands.snapshot, kw)
 
 
 @main.command()
@@ -119,7 +119,7 @@ def snapshot(**kw) -> None:
 def plan(force_clear: bool, **kw) -> None:
     """Inspect snapshot and target (read-only on both); exit 4 when an error-level check fails."""
     kw["force_clear"] = force_clear or None
-    _invoke(commands.make_plan, kw)
+    _invoke(commands.plan, kw)
 
 
 @main.command()

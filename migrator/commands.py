@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import catalog, embedded, ledger, snapshot as snap
+from migrator.context import RunContext, StopFlag
+from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed, work_dir_error
+from migrator.progress import Progress, choose
 from migrator.load import run as load
 from migrator.plan import build as plan_stage
+from migrator.settings import Settings
 from migrator.verify import run as verify_stage
-from migrator.errors import MigrationError, PreflightError, UsageError, VerificationFailed, work_dir_error
-from migrator.progress import Progress, choose
-from migrator.settings import Settings, mask_dsn
 
 log = logging.getLogger(__name__)
 REPORTS = "reports"
@@ -31,31 +32,27 @@ class Outcome:
     notes: list[str]
 
 
-def take_snapshot(settings: Settings) -> Outcome:
-    """`migrate snapshot`."""
+def snapshot(settings: Settings) -> Outcome:
+    """`migrate snapshot`: copy the source (hridaai.db and vector_db/) into the work dir, consistently.
+
+    Raises UsageError (exit 2) for a missing data dir or database, PreflightError (exit 4) for a source that cannot
+    be read (permissions, damage, encryption), WorkDirError (exit 1) when the work dir cannot be written."""
     return Outcome(snap.take(settings), [])
 
 
-def make_plan(settings: Settings) -> Outcome:
-    """`migrate plan`: read-only on both sides."""
+def plan(settings: Settings) -> Outcome:
+    """`migrate plan`: what `run` would do, read-only on both sides (the snapshot and plan.json aside).
+
+    Raises PreflightError (exit 4) after printing the plan when it has error-level checks."""
     settings, notes = _target(settings, start=True)
     s = snap.load_or_take(settings)
     p = asyncio.run(plan_stage.build(settings, s))
     _save_report(settings, "plan.json", p.asdict())
-    if p.errors:
-        raise PlanRefused(p, notes)
+    if p.errors:  # printed like any plan, then exit 4
+        err = p.refusal()
+        err.outcome = Outcome(p, notes)
+        raise err
     return Outcome(p, notes)
-
-
-class PlanRefused(PreflightError):
-    """The plan has error-level checks: printed like any plan, then exit 4."""
-
-    def __init__(self, plan, notes):
-        super().__init__(f"the plan has {len(plan.errors)} error-level checks",
-                         detail="; ".join(f"{c.code}: {c.message}" for c in plan.errors[:5]),
-                         hint="; ".join([c.hint for c in plan.errors[:3] if c.hint]
-                                        + ["fix what each [ERROR] check names, then run `migrate plan` again"]))
-        self.outcome = Outcome(plan, notes)
 
 
 def run(settings: Settings, *, resume: bool = False, progress: Progress | None = None) -> Outcome:
@@ -76,14 +73,13 @@ def run(settings: Settings, *, resume: bool = False, progress: Progress | None =
 
 def load_interrupted(report) -> MigrationError:
     """The first SIGTERM/SIGINT drained the current batch: exit 75 so the Job retries with --resume."""
-    from migrator.errors import TransientError
-
     return TransientError("interrupted: the current batch was committed with its ledger row",
                           hint="`migrate run --resume` continues where this run stopped")
 
 
 def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
-    stop = load.StopFlag()
+    stop = StopFlag()
+    ctx = RunContext(settings, p, s, progress, stop)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -98,7 +94,7 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         try:
-            return await load.execute(settings, p, s, resume=resume, progress=progress, stop=stop)
+            return await load.execute(ctx, resume=resume)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -119,8 +115,7 @@ def verify(settings: Settings) -> Outcome:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="verify compares the target with the snapshot `migrate run` used: pass its --work-dir")
     p = asyncio.run(plan_stage.build(settings, s, scan=False))
-    report = asyncio.run(verify_stage.check(settings.target_url, p, s, sample_size=settings.sample_size,
-                                             settings=settings))
+    report = asyncio.run(verify_stage.check(RunContext(settings, p, s), sample_size=settings.sample_size))
     _save_report(settings, "verify.json", report.asdict())
     if not report.ok:
         exc = VerificationFailed(f"verify found {len(report.problems)} differences",
@@ -227,9 +222,4 @@ def _export_reports(settings: Settings) -> None:
     directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
     for name, rows in (("quarantine.jsonl", quarantine), ("fixups.jsonl", fixups)):
         _write_private(directory / name, (json.dumps(r, ensure_ascii=True, default=str) + "\n" for r in rows))
-
-
-def masked(url: str | None) -> str | None:
-    """For printing."""
-    return mask_dsn(url)
 

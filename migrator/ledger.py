@@ -7,6 +7,7 @@ surrogates are stored as ASCII JSON text (json.dumps escapes them), never as jso
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,13 @@ import asyncpg
 
 from migrator.catalog import OWN_SCHEMA, qi
 from migrator.convert.keys import dumps  # noqa: F401  (the ledger's text form; callers use ledger.dumps)
+from migrator.errors import PreflightError
 
 S = qi(OWN_SCHEMA)
 UNIT_SEP = "#"  # a table's parts are the units `chat`, `chat#2`, ...
 VECTOR_PREFIX = "vector:"  # a collection's unit is `vector:<name>`
 LOCK_KEY = 0x48524944  # "HRID": one migration at a time per target database
+LOCK_WAIT = 5  # seconds
 WRITERS_KEY = 0x48524957  # "HRIW": held (shared) by every load worker process while it may commit batches
 
 DDL = [
@@ -204,6 +207,20 @@ async def vector_quarantine(conn: asyncpg.Connection) -> list[tuple[str, str, st
 async def try_lock(conn: asyncpg.Connection) -> bool:
     """Session advisory lock: two `migrate run` against one target never run at once."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY))
+
+
+async def lock(conn: asyncpg.Connection, what: str) -> None:
+    """The migration lock, waited for LOCK_WAIT seconds (the session of a killed run ends once the server notices);
+    PreflightError (exit 4) when another run still holds it."""
+    for _ in range(LOCK_WAIT * 4):
+        if await try_lock(conn):
+            return
+        await asyncio.sleep(0.25)
+    raise PreflightError(f"another `migrate run` is already working on {what} (it holds the migration lock)",
+                         detail="sessions: SELECT pid, backend_start, state FROM pg_stat_activity "
+                                "WHERE application_name = 'hridaai-migrate'",
+                         hint="wait for it to finish (watch it with `migrate status`), then run `migrate run "
+                              "--resume`; never run two migrations into one target at once")
 
 
 async def hold_writer(conn: asyncpg.Connection) -> None:

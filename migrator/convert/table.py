@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +83,12 @@ class TableConverter:
 
     def row_json(self, raw: tuple) -> str:
         """The full source row as ASCII JSON (for the quarantine table)."""
-        return dumps({c: _plain(raw[1 + i]) for i, c in enumerate(self.source_columns)})
+        return row_json(self.source_columns, raw)
+
+
+def row_json(source_columns: list[str], raw: tuple) -> str:
+    """A raw row (rowid, *values of source_columns) as ASCII JSON {column: value} (for the quarantine table)."""
+    return dumps({c: _plain(raw[1 + i]) for i, c in enumerate(source_columns)})
 
 
 def _plain(value: Any) -> Any:
@@ -100,7 +104,3 @@ def key_text(values: list) -> str:
     """A key as reports write it: ASCII JSON list of the source values (blobs as {"$blob_hex": ...})."""
     return dumps([_plain(v) for v in values])
 
-
-def parse_key(key: str) -> list:
-    """Inverse of key_of."""
-    return json.loads(key)

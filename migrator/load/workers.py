@@ -20,55 +20,44 @@ import signal
 import sys
 import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 from migrator import ledger
-from migrator.load import split as load_parts
+from migrator.context import RunContext
 from migrator.errors import MigrationError, TransientError
 from migrator.load.part import load_part
-from migrator.plan.model import Plan
+from migrator.load.split import Part
+from migrator.parallel import spawn_pool
 from migrator.progress import Progress
-from migrator.settings import Settings
-from migrator.snapshot import Snapshot
 from migrator.targets import postgres as pgt
 
 PR_SET_PDEATHSIG = 1
 
 
-@dataclass(frozen=True)
-class Job:
-    """What every worker needs, sent once when it starts."""
-
-    settings: Settings
-    plan: Plan
-    snapshot: Snapshot
-
-
 class Pool:
-    """`workers` spawned load processes; `await pool.load(part)` loads one part in one of them."""
+    """`workers` spawned load processes; `await pool.load(part)` loads one part in one of them. Each gets the run's
+    context once when it starts (`ctx.portable()`); its progress comes back to `ctx.progress` here."""
 
-    def __init__(self, job: Job, workers: int, progress: Progress, loop: asyncio.AbstractEventLoop):
-        ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of this event loop or its sockets
-        self.events = ctx.Queue()
-        self.stop_event = ctx.Event()
-        self.progress = progress
+    def __init__(self, ctx: RunContext, workers: int, loop: asyncio.AbstractEventLoop):
+        mp = multiprocessing.get_context("spawn")  # the queue and event the spawned workers share with this process
+        self.events = mp.Queue()
+        self.stop_event = mp.Event()
+        self.progress = ctx.progress
         self.loop = loop
-        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start,
-                                            initargs=(job, self.events, self.stop_event, os.getpid()))
+        self.executor = spawn_pool(workers, initializer=w_start,
+                                   initargs=(ctx.portable(), self.events, self.stop_event, os.getpid()))
         self.workers = workers
         self.closed = False
         self.relay = threading.Thread(target=self._relay, daemon=True, name="load-progress")
         self.relay.start()
         for _ in range(workers):  # each submit starts one more process (up to `workers`): start them all now
-            self.executor.submit(_ready)
+            self.executor.submit(w_ready)
 
-    async def load(self, part: load_parts.Part) -> bool:
+    async def load(self, part: Part) -> bool:
         """True once the part is done; False when it stopped early (stop asked)."""
         try:
-            return await asyncio.wrap_future(self.executor.submit(_load, part))
+            return await asyncio.wrap_future(self.executor.submit(w_load, part))
         except BrokenProcessPool as exc:
             raise TransientError(f"a load worker process died while loading {part.unit}",
                                  detail=f"{exc} (killed by a signal, or by the kernel's out-of-memory killer?)",
@@ -137,12 +126,14 @@ class _StopFlag:
         return self.event.is_set() or os.getppid() != self.parent
 
 
-def _start(job: Job, events, stop_event, parent: int) -> None:
+def w_start(ctx: RunContext, events, stop_event, parent: int) -> None:
+    """A worker's initializer: die with the parent, ignore Ctrl-C, keep the run's context with this process's own
+    progress (sent to the parent) and stop flag."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the main decides
     loop = asyncio.new_event_loop()
-    _state.update(job=job, progress=_QueueProgress(events), stop=_StopFlag(stop_event, parent), loop=loop,
-                  conn=None, spec={t.name: t for t in job.plan.tables})
+    _state.update(ctx=ctx.with_(progress=_QueueProgress(events), stop=_StopFlag(stop_event, parent)), loop=loop,
+                  conn=None)
     atexit.register(_close)
 
 
@@ -154,11 +145,12 @@ def _die_with_parent() -> None:
             pass  # the per-batch parent check still stops the worker
 
 
-def _ready() -> None:
+def w_ready() -> None:
     """Nothing: submitted once per worker so that every process starts (and imports) before the first part."""
 
 
-def _load(part: load_parts.Part) -> bool:
+def w_load(part: Part) -> bool:
+    """Load one part in this worker (its connection is opened once and kept); errors become MigrationErrors."""
     try:
         return _state["loop"].run_until_complete(_load_async(part))
     except MigrationError:
@@ -173,15 +165,13 @@ def _load(part: load_parts.Part) -> bool:
                              detail="".join(traceback.format_exception(exc, limit=-8)).strip()) from None
 
 
-async def _load_async(part: load_parts.Part) -> bool:
-    job: Job = _state["job"]
+async def _load_async(part: Part) -> bool:
+    ctx: RunContext = _state["ctx"]
     conn = _state["conn"]
     if conn is None or conn.is_closed():
-        conn = _state["conn"] = await pgt.connect(job.settings.target_url, bulk=True)
+        conn = _state["conn"] = await pgt.connect(ctx.settings.target_url, bulk=True)
         await ledger.hold_writer(conn)
-    spec = _state["spec"]
-    return await load_part(conn, job.settings, job.plan, spec[part.table], part, spec, job.snapshot,
-                           _state["progress"], _state["stop"])
+    return await load_part(ctx, conn, part)
 
 
 def _close() -> None:

@@ -1,15 +1,21 @@
-"""Writing one batch: orphans, COPY (bisecting to the offending rows if the server refuses), ledger — one transaction."""
+"""Writing one batch: orphans, COPY (bisecting to the offending rows if the server refuses), ledger — one transaction.
+
+A batch travels as one `Converted` (rows, keys, raws, quarantine, fixups): the orphan filter and the bisection
+take rows out of it into its quarantine or fixups, and what is left is what the ledger counts.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import asyncpg
 
 from migrator import catalog as cat
 from migrator import ledger
+from migrator.context import RunContext
+from migrator.convert.table import Converted, TableConverter, row_json
 from migrator.errors import PreflightError
-from migrator.plan.model import Plan, TablePlan
-from migrator.convert.table import Converted, TableConverter
-from migrator.settings import Settings
+from migrator.plan.model import TablePlan
 from migrator.targets import postgres as pgt
 
 # what the server refuses because of one row's values (bisected down to that row and quarantined with the reason);
@@ -19,138 +25,125 @@ REJECTED_BY_SERVER = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationErr
 
 
 class BatchWriter:
-    """Commits batches of one table, each with its ledger row, quarantined rows and fixups."""
+    """Commits batches of one table (one ledger unit), each with its ledger row, quarantined rows and fixups."""
 
-    def __init__(self, conn: asyncpg.Connection, *, settings: Settings, plan: Plan, table: TablePlan, unit: str,
-                 spec: dict, snapshot_id: str):
+    def __init__(self, ctx: RunContext, conn: asyncpg.Connection, table: TablePlan, unit: str):
+        self.ctx = ctx
         self.conn = conn
-        self.unit = unit
-        self.settings = settings
-        self.plan = plan
         self.table = table
-        self.spec = spec
-        self.snapshot_id = snapshot_id
-        self.strict = TableConverter(table, plan.policies, strict_json=True) if table.action == "load" else None
+        self.unit = unit
+        self.strict = TableConverter(table, ctx.plan.policies, strict_json=True) if table.action == "load" else None
         self.columns = [c.name for c in table.copy_columns]
 
     async def write(self, batch_no: int, item) -> None:
         """Orphan filter + COPY + ledger row, all in one transaction."""
-        if self.table.action == "quarantine":
-            conv = _whole_table_quarantine(self.table, item.raws)
-        else:
-            conv = item.converted
+        conv = _whole_table_quarantine(self.table, item.raws) if self.table.action == "quarantine" else item.converted
+        batch = Converted(conv.rows, conv.keys, conv.raws, list(conv.quarantine), list(conv.fixups))
         async with self.conn.transaction():
-            rows, keys, raws = conv.rows, conv.keys, conv.raws
-            quarantine, fixups = list(conv.quarantine), list(conv.fixups)
-            if rows:
-                rows, keys, raws = await self._orphans(rows, keys, raws, quarantine, fixups)
-            if rows:
-                await self._copy(rows, keys, raws, quarantine, fixups)
-            gone = {q[0] for q in quarantine}  # a quarantined row keeps its original values: no fixups for it
-            fixups = [f for f in fixups if f[0] not in gone]
+            if batch.rows:
+                batch = await self._orphans(batch)
+            if batch.rows:
+                await self._copy(batch, batch)
+            gone = {q[0] for q in batch.quarantine}  # a quarantined row keeps its original values: no fixups for it
             await ledger.record_batch(self.conn, unit=self.unit, batch_no=batch_no,
-                                      snapshot_id=self.snapshot_id, first_key=item.first_key, last_key=item.last_key,
-                                      rows=len(item.raws) - len(quarantine), nbytes=item.nbytes,
-                                      quarantine=quarantine, fixups=fixups)
+                                      snapshot_id=self.ctx.snapshot.snapshot_id, first_key=item.first_key,
+                                      last_key=item.last_key, rows=len(item.raws) - len(batch.quarantine),
+                                      nbytes=item.nbytes, quarantine=batch.quarantine,
+                                      fixups=[f for f in batch.fixups if f[0] not in gone])
 
-    async def _orphans(self, rows, keys, raws, quarantine, fixups):
+    async def _orphans(self, batch: Converted) -> Converted:
         """Rows whose parent is not in the target: quarantined, or the reference set NULL (ON DELETE SET NULL)."""
         for fk in self.table.fks:
-            if fk["column"] in self.columns and rows:
-                rows, keys, raws = await self._orphans_of(fk, rows, keys, raws, quarantine, fixups)
+            if fk["column"] in self.columns and batch.rows:
+                batch = await self._orphans_of(fk, batch)
         ref = self.table.self_ref
         if ref and ref["column"] in self.columns and ref["ref_column"] in self.columns:
             fk = {**ref, "ref_table": self.table.name, "self": True}
             before = -1
-            while rows and len(rows) != before:  # the children of a row quarantined just now are orphans too
-                before = len(rows)
-                rows, keys, raws = await self._orphans_of(fk, rows, keys, raws, quarantine, fixups)
-        return rows, keys, raws
+            while batch.rows and len(batch.rows) != before:  # the children of a row quarantined just now, too
+                before = len(batch.rows)
+                batch = await self._orphans_of(fk, batch)
+        return batch
 
-    async def _orphans_of(self, fk, rows, keys, raws, quarantine, fixups):
+    async def _orphans_of(self, fk: dict, batch: Converted) -> Converted:
         idx = self.columns.index(fk["column"])
-        missing = await self._missing_parents(fk, {r[idx] for r in rows if r[idx] is not None})
+        missing = await self._missing_parents(fk, {r[idx] for r in batch.rows if r[idx] is not None})
         if fk.get("self"):  # parents in this very batch arrive with it
             own = self.columns.index(fk["ref_column"])
-            missing -= {str(r[own]) for r in rows}
-        if not missing:
-            return rows, keys, raws
-        return self._drop_orphans(fk, idx, missing, rows, keys, raws, quarantine, fixups)
+            missing -= {str(r[own]) for r in batch.rows}
+        return self._drop_orphans(fk, idx, missing, batch) if missing else batch
 
     async def _missing_parents(self, fk: dict, values: set) -> set:
         if not values:
             return set()
-        parent = self.spec.get(fk["ref_table"])
+        parent = next((t for t in self.ctx.plan.tables if t.name == fk["ref_table"]), None)
         ref_type = next((c.target_type for c in parent.columns if c.name == fk["ref_column"]), "text") \
             if parent else "text"
-        schema = cat.qi(self.plan.schema)
+        schema = cat.qi(self.ctx.plan.schema)
         sql = (f"SELECT x FROM unnest($1::text[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {schema}."
                f"{cat.qi(fk['ref_table'])} p WHERE p.{cat.qi(fk['ref_column'])} = x::{ref_type})")
         return {r[0] for r in await self.conn.fetch(sql, [str(v) for v in values])}
 
-    def _drop_orphans(self, fk, idx, missing, rows, keys, raws, quarantine, fixups):
-        set_null = fk["on_delete"] == "SET NULL" and self.plan.policies.get("orphan_set_null") == "set_null"
-        kept_rows, kept_keys, kept_raws = [], [], []
-        for row, key, raw in zip(rows, keys, raws):
+    def _drop_orphans(self, fk: dict, idx: int, missing: set, batch: Converted) -> Converted:
+        """The batch without its orphans (or with their reference set NULL); they go to its quarantine/fixups."""
+        set_null = fk["on_delete"] == "SET NULL" and self.ctx.plan.policies.get("orphan_set_null") == "set_null"
+        kept = replace(batch, rows=[], keys=[], raws=[])
+        for row, key, raw in zip(batch.rows, batch.keys, batch.raws):
             value = row[idx]
             if value is None or str(value) not in missing:
-                kept_rows.append(row), kept_keys.append(key), kept_raws.append(raw)
+                kept.rows.append(row), kept.keys.append(key), kept.raws.append(raw)
             elif set_null:
-                kept_rows.append(row[:idx] + (None,) + row[idx + 1:]), kept_keys.append(key), kept_raws.append(raw)
-                fixups.append((key, fk["column"], "orphan_set_null", "set_null", ledger.dumps(value)))
-            elif self.settings.orphans == "fail":
+                kept.rows.append(row[:idx] + (None,) + row[idx + 1:]), kept.keys.append(key), kept.raws.append(raw)
+                kept.fixups.append((key, fk["column"], "orphan_set_null", "set_null", ledger.dumps(value)))
+            elif self.ctx.settings.orphans == "fail":
                 raise PreflightError(f"{self.table.name} row {key} points at a missing {fk['ref_table']}",
                                      detail=f"{fk['column']} = {value!r}",
                                      hint="use --orphans=quarantine to keep such rows aside, or delete them in HridaAI")
             else:
-                quarantine.append((key, f"orphan: {fk['column']} -> {fk['ref_table']}.{fk['ref_column']} "
-                                        f"{value!r} does not exist", "orphan", fk["column"],
-                                   self._row_json(raw)))
-        return kept_rows, kept_keys, kept_raws
+                kept.quarantine.append((key, f"orphan: {fk['column']} -> {fk['ref_table']}.{fk['ref_column']} "
+                                             f"{value!r} does not exist", "orphan", fk["column"], self._row_json(raw)))
+        return kept
 
     def _row_json(self, raw: tuple) -> str:
-        return (self.strict or TableConverter(self.table, self.plan.policies)).row_json(raw)
+        return (self.strict or TableConverter(self.table, self.ctx.plan.policies)).row_json(raw)
 
-    async def _copy(self, rows, keys, raws, quarantine, fixups) -> None:
-        """COPY in a savepoint; if the server refuses, bisect down to the rows it refuses."""
+    async def _copy(self, part: Converted, batch: Converted) -> None:
+        """COPY `part` of `batch` in a savepoint; if the server refuses, bisect down to the rows it refuses (they
+        go to the batch's quarantine, or in a strict conversion with its fixups)."""
         try:
             async with self.conn.transaction():
-                await pgt.copy_rows(self.conn, schema=self.plan.schema, table=self.table.name,
-                                    columns=self.columns, rows=rows)
+                await pgt.copy_rows(self.conn, schema=self.ctx.plan.schema, table=self.table.name,
+                                    columns=self.columns, rows=part.rows)
             return
         except REJECTED_BY_SERVER as exc:
-            if len(rows) == 1:
-                await self._single(rows[0], keys[0], raws[0], exc, quarantine, fixups)
+            if len(part.rows) == 1:
+                await self._single(part.rows[0], part.keys[0], part.raws[0], exc, batch)
                 return
-        mid = len(rows) // 2
-        await self._copy(rows[:mid], keys[:mid], raws[:mid], quarantine, fixups)
-        await self._copy(rows[mid:], keys[mid:], raws[mid:], quarantine, fixups)
+        mid = len(part.rows) // 2
+        for half in (slice(None, mid), slice(mid, None)):
+            await self._copy(Converted(part.rows[half], part.keys[half], part.raws[half]), batch)
 
-    async def _single(self, row, key, raw, exc, quarantine, fixups) -> None:
+    async def _single(self, row: tuple, key: str, raw: tuple, exc: Exception, batch: Converted) -> None:
         """A row the server refused: classify it strictly (e.g. invalid JSON) or quarantine it with the error."""
         strict: Converted = self.strict.convert([raw])
         if strict.rows and strict.rows[0] != row:
             try:
                 async with self.conn.transaction():
-                    await pgt.copy_rows(self.conn, schema=self.plan.schema, table=self.table.name,
+                    await pgt.copy_rows(self.conn, schema=self.ctx.plan.schema, table=self.table.name,
                                         columns=self.columns, rows=strict.rows)
-                fixups[:] = [f for f in fixups if f[0] != key] + strict.fixups
+                batch.fixups[:] = [f for f in batch.fixups if f[0] != key] + strict.fixups
                 return
             except REJECTED_BY_SERVER as again:
                 exc = again
         if strict.quarantine:
-            quarantine += strict.quarantine
+            batch.quarantine.extend(strict.quarantine)
             return
-        quarantine.append((key, f"rejected by PostgreSQL: {exc.__class__.__name__}: {exc}"[:500],
-                           "server_reject", None, self._row_json(raw)))
+        batch.quarantine.append((key, f"rejected by PostgreSQL: {exc.__class__.__name__}: {exc}"[:500],
+                                 "server_reject", None, self._row_json(raw)))
 
 
 def _whole_table_quarantine(table: TablePlan, raws: list[tuple]) -> Converted:
-    conv = TableConverter.__new__(TableConverter)
-    conv.source_columns = [c.name for c in table.columns if c.source_type is not None]
-    conv._key_idx = []
-    out = Converted()
-    for raw in raws:
-        out.quarantine.append((ledger.dumps([raw[0]]), "table is not in HridaAI's schema at this revision",
-                               "table_not_in_target", None, conv.row_json(raw)))
-    return out
+    """Every row of a table the target schema does not have, quarantined under its rowid."""
+    columns = [c.name for c in table.columns if c.source_type is not None]
+    return Converted(quarantine=[(ledger.dumps([raw[0]]), "table is not in HridaAI's schema at this revision",
+                                  "table_not_in_target", None, row_json(columns, raw)) for raw in raws])

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from migrator.errors import PreflightError
+
+if TYPE_CHECKING:  # the model is data every stage imports: it does not import a reader or a target at run time
+    from migrator.sources.chroma.client import CollectionInfo
+    from migrator.targets.pgvector import VectorTableSpec
 
 
 @dataclass
@@ -44,6 +51,22 @@ class TablePlan:
 
 
 @dataclass
+class VectorPlan:
+    """The vector lane's part of the plan: which collections go into which `document_chunk`."""
+
+    source: str  # "snapshot" (the snapshot's Chroma files) or "http" (a Chroma server)
+    target: str | None  # PGVECTOR_DB_URL, masked
+    spec: "VectorTableSpec"  # document_chunk as HridaAI creates it with the PGVECTOR_* settings
+    collections: list["CollectionInfo"] = field(default_factory=list)
+    collisions: dict[str, dict[str, str]] = field(default_factory=dict)  # collection -> {chunk id -> first owner}
+    summary: str = ""
+
+    def collection(self, name: str) -> "CollectionInfo":
+        """The plan of one collection."""
+        return next(c for c in self.collections if c.name == name)
+
+
+@dataclass
 class Plan:
     snapshot_id: str
     source_revision: str | None
@@ -56,13 +79,21 @@ class Plan:
     checks: list[Check] = field(default_factory=list)
     policies: dict[str, str] = field(default_factory=dict)
     orphans: str = "quarantine"
-    vectors: dict | None = None
+    vectors: VectorPlan | None = None
     server: dict = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Check]:
         """Error-level checks: any of them stops `run` (exit 4)."""
         return [c for c in self.checks if c.severity == "error"]
+
+    def refusal(self) -> PreflightError:
+        """The error (exit 4) for a plan with error-level checks: `run` refuses to start, `plan` prints the plan and
+        exits with it. Names the first checks and what to do about them."""
+        return PreflightError(f"the plan has {len(self.errors)} error-level checks",
+                              detail="; ".join(f"{c.code}: {c.message}" for c in self.errors[:5]),
+                              hint="; ".join([c.hint for c in self.errors[:3] if c.hint]
+                                             + ["fix what each [ERROR] check names, then run `migrate plan` again"]))
 
     def table(self, name: str) -> TablePlan:
         """The plan of one table."""
@@ -88,7 +119,7 @@ class Plan:
             lines += ["", "conversions (column: source -> target: how)"]
             lines += [f"  {n}.{c.name}: {c.source_type} -> {c.target_type}: {c.conversion}" for n, c in conv]
         if self.vectors:
-            lines += ["", self.vectors.get("summary", "")]
+            lines += ["", self.vectors.summary]
         lines += ["", "checks"] + [_check_line(c) for c in self.checks] if self.checks else ["", "checks: none"]
         return "\n".join(lines)
 

@@ -14,13 +14,10 @@ from migrator import ledger
 from migrator.vectors import source as vectors_source
 from migrator.parallel import run_all
 from migrator.errors import PreflightError, TransientError
-from migrator.plan.model import Plan
-from migrator.progress import Progress
-from migrator.settings import Settings
-from migrator.snapshot import Snapshot
+from migrator.context import RunContext
+from migrator.sources.chroma.client import CollectionInfo
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
-from migrator.vectors.plan import spec_of
 
 BATCH = 1000
 PREFIX = ledger.VECTOR_PREFIX
@@ -31,50 +28,84 @@ def unit_of(collection: str) -> str:
     return PREFIX + collection
 
 
-async def execute(conn: asyncpg.Connection, settings: Settings, plan: Plan, snapshot: Snapshot, *,
-                  progress: Progress, stop) -> None:
-    """Load every collection of plan.vectors: `conn` (to the pgvector database) makes the table and builds the
-    indexes; the collections, biggest first, go over `--jobs` connections of their own."""
-    if not plan.vectors:
+async def execute(ctx: RunContext, *, run_id: str) -> None:
+    """Load every collection of the plan into PGVECTOR_DB_URL's document_chunk (its own connection; with the ledger
+    there too, under the same run id, when that is another database than the target's).
+
+    Raises PreflightError (exit 4) when the pgvector database is another migration's or not ours to create in,
+    TransientError (exit 75) when a connection is lost; `ctx.stop` ends it after the current batches."""
+    settings = ctx.settings
+    if not ctx.plan.vectors:
         return
-    spec = spec_of(settings)
+    separate = settings.pgvector_url not in (None, settings.target_url)
+    conn = await pgt.connect(settings.pgvector_url or settings.target_url, bulk=True)
+    try:
+        if separate:
+            await _own_ledger(ctx, conn, run_id)
+        await _load(ctx, conn)
+        if separate and not ctx.stop.requested:
+            await ledger.finish_run(conn, run_id)
+    except Exception as exc:
+        lost = pgt.lost_connection(exc, closed=conn.is_closed())
+        if lost is None:
+            raise
+        raise lost from exc
+    finally:
+        await pgt.close_quietly(conn)
+
+
+async def _own_ledger(ctx: RunContext, conn: asyncpg.Connection, run_id: str) -> None:
+    """A pgvector database apart from the target keeps a ledger of its own: locked, and of this snapshot."""
+    await ledger.lock(conn, "the pgvector target")
+    await ledger.ensure(conn)
+    there = await ledger.current_run(conn)
+    if there is None:
+        await ledger.start_run(conn, run_id=run_id, snapshot_id=ctx.snapshot.snapshot_id, mode="vectors",
+                               revision=ctx.plan.source_revision, units=[])
+    elif there["snapshot_id"] != ctx.snapshot.snapshot_id:
+        raise PreflightError("the pgvector target's ledger was made from another snapshot",
+                             detail=f"ledger: {there['snapshot_id']}, this snapshot: {ctx.snapshot.snapshot_id}")
+
+
+async def _load(ctx: RunContext, conn: asyncpg.Connection) -> None:
+    """`conn` makes the table and builds the indexes; the collections, biggest first, go over `--jobs`
+    connections of their own."""
+    vectors, snapshot_id = ctx.plan.vectors, ctx.snapshot.snapshot_id
+    spec = vectors.spec
     steps = await ledger.steps(conn)
     if "vector-schema" not in steps:
-        await _prepare(conn, plan, spec, snapshot, indexes_first=settings.jobs > 1)
+        await _prepare(ctx, conn, indexes_first=ctx.settings.jobs > 1)
     units = {u["unit"]: u for u in await ledger.units(conn)}
-    todo = sorted((c for c in plan.vectors["collections"]
-                   if c["count"] and not units.get(unit_of(c["name"]), {}).get("done")),
-                  key=lambda c: (-c["count"], c["name"]))
+    todo = sorted((c for c in vectors.collections if c.count and not units.get(unit_of(c.name), {}).get("done")),
+                  key=lambda c: (-c.count, c.name))
     if todo:
-        await _load_collections(settings, todo, plan.vectors["collisions"], spec,
-                                vectors_source.batches(settings, snapshot), snapshot, progress, stop)
-    if stop.requested:
+        await _load_collections(ctx, todo, vectors_source.batches(ctx.settings, ctx.snapshot))
+    if ctx.stop.requested:
         return
     if "vector-index" not in steps:
         min_rows = 50 * spec.ivfflat_lists if spec.method == "ivfflat" else 1  # HridaAI >= 0.11.4's own rule
         await conn.execute("SET maintenance_work_mem = '512MB'")
         await conn.execute("SET search_path TO public")
         await pgv.create_secondary_indexes(conn)
-        progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
+        ctx.progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
         result = await pgv.build_vector_index(conn, spec, min_rows=min_rows)
-        await ledger.step_done(conn, "vector-index", snapshot.snapshot_id, result.detail)
-        progress.event("finalize", step="vector-index", detail=result.detail)
+        await ledger.step_done(conn, "vector-index", snapshot_id, result.detail)
+        ctx.progress.event("finalize", step="vector-index", detail=result.detail)
 
 
-async def _load_collections(settings: Settings, todo: list[dict], collisions: dict, spec, source, snapshot: Snapshot,
-                            progress: Progress, stop) -> None:
+async def _load_collections(ctx: RunContext, todo: list[CollectionInfo], source) -> None:
     """Each worker connection takes the next collection until none is left."""
+    settings = ctx.settings
     url = settings.pgvector_url or settings.target_url
     workers = [await pgt.connect(url, bulk=True) for _ in range(min(max(1, settings.jobs), len(todo)))]
     queue = list(todo)
 
     async def work(wconn) -> None:
         await pgv.register_encoded(wconn)
-        while queue and not stop.requested:
+        while queue and not ctx.stop.requested:
             info = queue.pop(0)
             try:
-                await _collection(wconn, source, info, collisions.get(info["name"], {}), spec, snapshot, progress,
-                                  stop)
+                await _copy_collection(ctx, wconn, source, info)
             except Exception as exc:
                 if wconn.is_closed():
                     raise TransientError("lost the connection to the pgvector target during the load",
@@ -90,32 +121,33 @@ async def _load_collections(settings: Settings, todo: list[dict], collisions: di
             await pgt.close_quietly(c)
 
 
-async def _prepare(conn, plan: Plan, spec, snapshot: Snapshot, *, indexes_first: bool) -> None:
+async def _prepare(ctx: RunContext, conn: asyncpg.Connection, *, indexes_first: bool) -> None:
     """The table and the ledger units. With several connections the btree/GIN indexes exist before the load (each
     COPY backend maintains them: measured faster than one bulk GIN build after); alone, they are built after."""
+    spec = ctx.plan.vectors.spec
     try:
         async with conn.transaction():
             await pgv.ensure_extension(conn)
             await conn.execute("SET LOCAL search_path TO public")
             await pgv.create_table(conn, spec, with_indexes=indexes_first)
-            await ledger.add_units(conn, [(unit_of(c["name"]), "collection", c["count"], 0)
-                                          for c in plan.vectors["collections"]])
-            await ledger.step_done(conn, "vector-schema", snapshot.snapshot_id, spec.column_type)
+            await ledger.add_units(conn, [(unit_of(c.name), "collection", c.count, 0)
+                                          for c in ctx.plan.vectors.collections])
+            await ledger.step_done(conn, "vector-schema", ctx.snapshot.snapshot_id, spec.column_type)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PreflightError("not allowed to create the vector extension or document_chunk",
                              detail=str(exc), hint="a DBA runs in the target database: CREATE EXTENSION vector; "
                                                    "and grants CREATE on the database/schema") from None
 
 
-async def _collection(conn, source, info: dict, collisions: dict, spec, snapshot: Snapshot, progress: Progress,
-                      stop) -> None:
+async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, info: CollectionInfo) -> None:
     """One collection from its last committed ordinal; the next batch is read and converted (a thread) while the
     current one is copied."""
-    name, unit = info["name"], unit_of(info["name"])
+    name, unit = info.name, unit_of(info.name)
+    spec, collisions = ctx.plan.vectors.spec, ctx.plan.vectors.collisions.get(info.name, {})
     done = (await ledger.progress(conn)).get(unit)
     start = done.last_key if done else 0
     batch_no = done.batches if done else 0
-    progress.start(unit, rows=info["count"], nbytes=0)
+    ctx.progress.start(unit, rows=info.count, nbytes=0)
     batches = source.open(name, start=start, batch_size=BATCH)
 
     def produce():
@@ -130,19 +162,19 @@ async def _collection(conn, source, info: dict, collisions: dict, spec, snapshot
             batch_no += 1
             async with conn.transaction():
                 await pgv.copy_encoded(conn, records)
-                await ledger.record_batch(conn, unit=unit, batch_no=batch_no, snapshot_id=snapshot.snapshot_id,
+                await ledger.record_batch(conn, unit=unit, batch_no=batch_no, snapshot_id=ctx.snapshot.snapshot_id,
                                           first_key=batch.start, last_key=batch.end, rows=len(records),
                                           nbytes=sum(len(r[3] or "") for r in records), quarantine=quarantine,
                                           fixups=fixups)
-            progress.advance(unit, rows=len(batch.chunks), nbytes=0, batch=batch_no)
-            if stop.requested:
+            ctx.progress.advance(unit, rows=len(batch.chunks), nbytes=0, batch=batch_no)
+            if ctx.stop.requested:
                 return
     finally:
         await asyncio.gather(pending, return_exceptions=True)  # a thread cannot be cancelled: let it finish
         batches.close()
     await ledger.mark_unit_done(conn, unit)
-    progress.finish(unit)
-    progress.event("vectors", unit=unit, read_by=source.read_by.get(name, "chromadb"))
+    ctx.progress.finish(unit)
+    ctx.progress.event("vectors", unit=unit, read_by=source.read_by.get(name, "chromadb"))
 
 
 def _convert(name: str, chunks, collisions: dict, spec) -> tuple[list, list, list]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from migrator.vectors import source as vectors_source
 from migrator.errors import MigrationError, WorkDirError
-from migrator.plan.model import Check, Plan
+from migrator.plan.model import Check, Plan, VectorPlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
 from migrator.sources.chroma import client as chroma
@@ -63,9 +63,8 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
                                  hint="migrate with PGVECTOR_PGCRYPTO unset into a database HridaAI uses without "
                                       "pgcrypto, or re-index the files in HridaAI after switching"))
     collisions = _collisions(infos, ids_of)
-    plan.vectors = {"source": kind, "target": mask_dsn(settings.pgvector_url), "spec": spec.__dict__,
-                    "collections": [i.__dict__ for i in infos], "collisions": collisions,
-                    "summary": _summary(infos, spec)}
+    plan.vectors = VectorPlan(kind, mask_dsn(settings.pgvector_url), spec, list(infos), collisions,
+                              _summary(infos, spec))
     plan.checks += _checks(infos, spec, collisions)
     await _target_checks(settings, plan, spec)
 

@@ -7,22 +7,21 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import multiprocessing
 import random
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from migrator import ledger
 from migrator.vectors import source as vectors_source
-from migrator.plan.model import Plan
+from migrator.context import RunContext
+from migrator.parallel import spawn_pool
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
 from migrator.sources.chroma import client as chroma
+from migrator.sources.chroma.client import CollectionInfo
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
 from migrator.vectors.load import BATCH, unit_of
-from migrator.vectors.plan import spec_of
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
@@ -37,13 +36,14 @@ BUDGET_CHUNKS = 30_000  # chunks read by all vector-verify workers at once (see 
 BUNDLE_CHUNKS = 10_000  # at 50k vectors, main + 2 workers: 25k 661 MB (19.2 s), 10k 523 MB, + malloc_trim 474 MB (25.6 s)
 
 
-async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int | None = None) -> dict | None:
+async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     """Compare every collection; returns the vectors section of the verify report (with its problems).
 
     The source is read through chromadb's own `get`, independently of the load's direct file reader. Collections go
     in bundles to `--jobs` spawned worker processes, each used for one bundle only: chromadb keeps every HNSW index
     it has read in memory, so memory is bounded by a bundle, not by the store, and the workers together by
     BUDGET_CHUNKS (a bigger collection is read alone)."""
+    settings, plan, snapshot = ctx.settings, ctx.plan, ctx.snapshot
     if not plan.vectors:
         return None
     vectors_source.prepare(settings, snapshot)  # the scratch copy once, before the workers open it
@@ -54,19 +54,18 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
         quarantined = await _quarantined(conn)
     finally:
         await pgt.close_quietly(conn)
-    infos = plan.vectors["collections"]
+    infos = plan.vectors.collections
     work = _bundles(infos)
     loop = asyncio.get_running_loop()
     results: dict[str, tuple] = {}
     workers = max(1, min(settings.jobs, len(work) or 1))
     gate = _Budget(workers, BUDGET_CHUNKS)
-    with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        async def run(bundle: list[dict]) -> dict[str, tuple]:
-            async with gate.taken(sum(i["count"] for i in bundle)):
+    with spawn_pool(workers, max_tasks_per_child=1) as pool:
+        async def run(bundle: list[CollectionInfo]) -> dict[str, tuple]:
+            async with gate.taken(sum(i.count for i in bundle)):
                 return await loop.run_in_executor(
-                    pool, _run_bundle, settings, snapshot, bundle, counts,
-                    {unit_of(i["name"]): quarantined.get(unit_of(i["name"]), {}) for i in bundle}, seed)
+                    pool, w_run_bundle, settings, snapshot, plan.vectors.spec, bundle, counts,
+                    {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed)
 
         done = await asyncio.gather(*(run(bundle) for bundle in work))
     for part in done:
@@ -74,13 +73,13 @@ async def check(settings: Settings, plan: Plan, snapshot: Snapshot, *, seed: int
     out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
     recalls_all: list[float] = []
     for info in infos:  # the report in plan order, whatever finished first
-        entry, problems, stats, recalls = results[info["name"]]
-        out["collections"][info["name"]] = entry
+        entry, problems, stats, recalls = results[info.name]
+        out["collections"][info.name] = entry
         out["problems"] += problems
         out["self_retrieval"]["queries"] += stats["queries"]
         out["self_retrieval"]["hits"] += stats["hits"]
         recalls_all += recalls
-    extra = set(counts) - {c["name"] for c in infos}
+    extra = set(counts) - {c.name for c in infos}
     if extra:
         out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
     out["recall_at_10"] = round(float(np.mean(recalls_all)), 4) if recalls_all else None
@@ -113,30 +112,29 @@ class _Budget:
                 self.changed.notify_all()
 
 
-def _bundles(infos: list[dict]) -> list[list[dict]]:
+def _bundles(infos: list[CollectionInfo]) -> list[list[CollectionInfo]]:
     """Collections grouped up to BUNDLE_CHUNKS chunks (a big one alone), biggest first: few worker start-ups, each
     worker's memory bounded by its bundle."""
-    out: list[list[dict]] = []
-    current: list[dict] = []
+    out: list[list[CollectionInfo]] = []
+    current: list[CollectionInfo] = []
     size = 0
-    for info in sorted(infos, key=lambda i: (-i["count"], i["name"])):
-        if current and size + info["count"] > BUNDLE_CHUNKS:
+    for info in sorted(infos, key=lambda i: (-i.count, i.name)):
+        if current and size + info.count > BUNDLE_CHUNKS:
             out.append(current)
             current, size = [], 0
         current.append(info)
-        size += info["count"]
+        size += info.count
     return out + ([current] if current else [])
 
 
-def _run_bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], counts: dict, quarantined: dict,
-                seed: int | None) -> dict[str, tuple]:
+def w_run_bundle(settings: Settings, snapshot: Snapshot, spec: pgv.VectorTableSpec, bundle: list[CollectionInfo],
+                 counts: dict, quarantined: dict, seed: int | None) -> dict[str, tuple]:
     """In a worker process: compare the collections of one bundle."""
-    return asyncio.run(_bundle(settings, snapshot, bundle, counts, quarantined, seed))
+    return asyncio.run(_bundle(settings, snapshot, spec, bundle, counts, quarantined, seed))
 
 
-async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], counts: dict, quarantined: dict,
-                  seed: int | None) -> dict[str, tuple]:
-    spec = spec_of(settings)
+async def _bundle(settings: Settings, snapshot: Snapshot, spec: pgv.VectorTableSpec, bundle: list[CollectionInfo],
+                  counts: dict, quarantined: dict, seed: int | None) -> dict[str, tuple]:
     client = vectors_source.client(settings, snapshot)
     salt = f"{random.random() if seed is None else seed}:"  # which chunks are drawn: repeatable with --seed
     conn = await pgt.connect(settings.pgvector_url)
@@ -147,10 +145,10 @@ async def _bundle(settings: Settings, snapshot: Snapshot, bundle: list[dict], co
             problems: list[str] = []
             stats = {"queries": 0, "hits": 0}
             recalls: list[float] = []
-            sample = await _Sample.drawn(conn, info["name"], salt)
-            entry = await _collection(conn, client, info, spec, counts, quarantined, problems, sample)
+            sample = await _Sample.drawn(conn, info.name, salt)
+            entry = await _compare_collection(conn, client, info, spec, counts, quarantined, problems, sample)
             entry.update(await _search(conn, info, spec, stats, problems, recalls, sample))
-            out[info["name"]] = (entry, problems, stats, recalls)
+            out[info.name] = (entry, problems, stats, recalls)
     finally:
         await pgt.close_quietly(conn)
     return out
@@ -199,10 +197,10 @@ class _Sample:
             del best[limit:]
 
 
-async def _collection(conn, client, info: dict, spec, counts: dict, quarantined: dict, problems: list,
+async def _compare_collection(conn, client, info: CollectionInfo, spec, counts: dict, quarantined: dict, problems: list,
                       sample: _Sample) -> dict:
     """Every chunk compared; the sampled loaded chunks are kept in `sample` for the search checks."""
-    name = info["name"]
+    name = info.name
     q = quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
@@ -260,10 +258,10 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, info: dict, spec, stats: dict, problems: list, recalls: list, sample: _Sample) -> dict:
+async def _search(conn, info: CollectionInfo, spec, stats: dict, problems: list, recalls: list, sample: _Sample) -> dict:
     """Self-retrieval (the chunk's vector finds that chunk first, at distance ~0, as HridaAI searches) and recall@10
     against the exact scan of the snapshot's vectors made while they streamed by."""
-    name = info["name"]
+    name = info.name
     if not sample.ids:
         return {"self_retrieval": None, "recall_at_10": None}
     hits, local = 0, []

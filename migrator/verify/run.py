@@ -14,6 +14,8 @@ import asyncpg
 
 from migrator import catalog as cat
 from migrator import ledger
+from migrator.context import RunContext
+from migrator.vectors import verify as vectors_verify
 from migrator.verify import pool
 from migrator.verify import table as vt
 from migrator.verify.checksum import batch_digests, buckets_of
@@ -69,9 +71,12 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 200, seed: int | None = None,
-                settings=None) -> VerifyReport:
-    """Compare snapshot and target; report every difference by table and key."""
+async def check(ctx: RunContext, *, sample_size: int = 200, seed: int | None = None) -> VerifyReport:
+    """Compare snapshot and target; report every difference by table and key (then the vectors, by their lane).
+
+    Raises TransientError (exit 75) when the target cannot be reached; differences are in the report, not raised."""
+    settings, plan, snapshot = ctx.settings, ctx.plan, ctx.snapshot
+    url = settings.target_url
     report = VerifyReport(snapshot.snapshot_id)
     conn = await pgt.connect(url)
     rng = random.Random(seed)
@@ -79,21 +84,19 @@ async def check(url: str, plan: Plan, snapshot: Snapshot, *, sample_size: int = 
         policies = await _run_policies(conn, plan)
         tables = sorted(plan.tables, key=lambda t: t.order)
         jobs = await _jobs(conn, plan, [t for t in tables if t.action == "load"], rng)
-        ctx = pool.Context(url, plan.schema, snapshot.db_path, policies, sample_size)
-        sides = await pool.measure(ctx, list(jobs.values()), settings.jobs if settings is not None else 2)
+        where = pool.Context(url, plan.schema, snapshot.db_path, policies, sample_size)
+        sides = await pool.measure(where, list(jobs.values()), settings.jobs)
         samples: list[tuple[TablePlan, str, tuple]] = []
         for t in tables:
             if t.action == "load":
-                samples += await _table(conn, ctx, plan, jobs[t.name], sides[t.name], report)
+                samples += await _table(conn, where, plan, jobs[t.name], sides[t.name], report)
             elif t.action == "quarantine" and t.rows:
                 await _quarantined_table(conn, t, report)
         await _sample(conn, plan, samples, report)
         await _alembic(conn, plan, snapshot, report)
         await _sequences(conn, plan, report)
-        if settings is not None and plan.vectors:
-            from migrator.vectors import verify as vectors_verify
-
-            report.vectors = await vectors_verify.check(settings, plan, snapshot, seed=seed)
+        if plan.vectors:
+            report.vectors = await vectors_verify.check(ctx, seed=seed)
             report.problems += report.vectors["problems"]
     finally:
         await conn.close()
