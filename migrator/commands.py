@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator import catalog, embedded, ledger, snapshot as snap
+from migrator import catalog, embedded, ledger, snapshot as snap, workdir
 from migrator.context import RunContext, StopFlag
-from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed, work_dir_error
+from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed
 from migrator.progress import Progress, choose
 from migrator.load import run as load
 from migrator.plan import build as plan_stage
@@ -188,22 +186,8 @@ def _target(settings: Settings, *, start: bool) -> tuple[Settings, list[str]]:
 
 
 def _save_report(settings: Settings, name: str, doc: dict) -> Path:
-    directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
-    return _write_private(directory / name, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
-
-
-def _write_private(path: Path, text: str | Iterable[str]) -> Path:
-    """0600, written to a temp file then renamed: a failed write (disk full) never leaves a partial report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines([text] if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise work_dir_error(exc, what=f"the report {path.name}") from exc
-    return path
+    directory = workdir.ensure_private_dir(settings.work_dir / REPORTS)
+    return workdir.write_json(directory / name, doc, what=f"the report {name}")
 
 
 def _export_reports(settings: Settings) -> None:
@@ -219,7 +203,8 @@ def _export_reports(settings: Settings) -> None:
             await conn.close()
 
     quarantine, fixups = asyncio.run(fetch())
-    directory = snap.ensure_private_dir(settings.work_dir / REPORTS)
+    directory = workdir.ensure_private_dir(settings.work_dir / REPORTS)
     for name, rows in (("quarantine.jsonl", quarantine), ("fixups.jsonl", fixups)):
-        _write_private(directory / name, (json.dumps(r, ensure_ascii=True, default=str) + "\n" for r in rows))
+        workdir.write_private(directory / name, (json.dumps(r, ensure_ascii=True, default=str) + "\n" for r in rows),
+                              what=f"the report {name}")
 

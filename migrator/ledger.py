@@ -8,7 +8,6 @@ surrogates are stored as ASCII JSON text (json.dumps escapes them), never as jso
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from migrator import __version__, access
 from migrator.errors import PreflightError, UsageError, work_dir_error
 from migrator.settings import Settings
+from migrator.workdir import ensure_private_dir, private_tree, write_json
 from migrator.sources import sqlite as src
 
 FORMAT_VERSION = 1
@@ -103,7 +104,7 @@ def take(settings: Settings) -> Snapshot:
         finally:
             os.umask(old_umask)
     snap.directory = str(final)
-    _write_json(final / MANIFEST, snap.asdict())
+    write_json(final / MANIFEST, snap.asdict(), what="the snapshot")
     return snap
 
 
@@ -123,7 +124,7 @@ def _copy_into(tmp: Path, source: Path, settings: Settings) -> Snapshot:
             wait(jobs)  # never leave a job running on a directory the caller may remove
         for job in jobs:
             job.result()  # the integrity check's verdict, a failed fsync
-    _write_json(tmp / MANIFEST, snap.asdict())
+    write_json(tmp / MANIFEST, snap.asdict(), what="the snapshot")
     return snap
 
 
@@ -286,12 +287,6 @@ def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
     return {"path": str(store)}
 
 
-def private_tree(root: Path) -> None:
-    """Directories 0700 and files 0600 under root (copytree copies the source's modes onto directories)."""
-    for path in [root, *root.rglob("*")]:
-        os.chmod(path, 0o700 if path.is_dir() else 0o600)
-
-
 def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:
     paths = sorted(p for p in directory.rglob("*") if p.is_file())
     with ThreadPoolExecutor(max_workers=2) as pool:  # hashing (GIL released) overlaps the row counts
@@ -320,18 +315,3 @@ def _file_entry(root: Path, path: Path) -> dict:
             h.update(block)
     os.chmod(path, 0o600)
     return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """mkdir -p with mode 0700 (and tighten an existing one)."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)

@@ -8,7 +8,6 @@ and record nothing, so the fast path never changes a result — it only skips wo
 
 from __future__ import annotations
 
-import re
 from itertools import filterfalse, repeat
 from operator import contains
 from typing import Callable, Sequence
