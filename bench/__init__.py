@@ -1,4 +1,25 @@
 """Benchmark harness for hridaai-migrate: synthetic HridaAI data, COPY/executemany baselines, timed `migrate` runs.
 
-Run ``python -m bench --help``; see bench/README.md.
+Run ``python -m bench --help`` or ``python -m bench.vectors --help``; see bench/README.md. The files:
+
+- ``__main__.py``         ``python -m bench``: the relational tables (chat, chat_message, message) against baselines
+- ``vectors.py``          ``python -m bench.vectors``: the Chroma -> pgvector path, read from migrate's events
+- ``harness.py``          what both share: common options, log, server, timed migrate run/verify, results file
+- ``migrate_runner.py``   a ``migrate`` child process: wall time, peak RSS, CPU, per-table load windows
+- ``cpu.py``              machine-wide busy core-seconds, to split client CPU from the server's
+- ``pgutil.py``           embedded server, per-run databases, baseline DDL
+- ``generate.py``         the relational dataset (real 0.12.4 schema, deterministic rows), cached
+- ``synth.py``            its row builders
+- ``vector_data.py``      the vector dataset (a real Chroma store written by chromadb), cached
+- ``baselines.py``        ceiling / naive / row-by-row loads of the relational tables
+- ``vector_baselines.py`` chromadb read and COPY ceilings of ``document_chunk``
+- ``report.py``           ``python -m bench``'s summary, table and JSON file (and the shared median/ratio)
+- ``vector_report.py``    ``python -m bench.vectors``'s summary and table
+- ``standin_migrate.py``  a tiny COPY stand-in for ``migrate``, to test the harness alone
+- ``chaos.py``            ``python -m bench.chaos``: SIGKILL ``migrate run`` at every phase, resume, verify
+- ``pgserver_ctl.py``     a pgserver PostgreSQL that can be stopped and restarted
+- ``test_*.py``           the harness's own tests (``pytest bench``, no PostgreSQL needed)
+
+Test infrastructure too: the test suite imports ``chaos.py`` (tests/test_chaos.py) and ``pgserver_ctl.py``
+(tests/test_chaos.py, tests/test_bad_inputs.py), so changing them can break ``pytest tests``, not just the bench.
 """

@@ -14,7 +14,9 @@ def median(values):
     return statistics.median(vals) if vals else None
 
 
-def _ratio(a, b):
+def ratio(a, b):
+    """a ÷ b; None when a is unknown or b unknown or 0, so a figure that was not measured shows as "-" in a report
+    instead of failing it (shared by both reports and the vector bench's event timeline)."""
     return a / b if a is not None and b else None
 
 
@@ -22,7 +24,7 @@ def migrate_table_rate(runs: list[dict], table: str, rows: int, nbytes: int) -> 
     """Median per-table load window over successful runs, as rows/s and MB/s."""
     windows = [r["run"]["tables"].get(table, {}).get("window_s") for r in runs if r["run"]["ok"]]
     w = median(windows)
-    return {"window_s": w, "rows_per_s": _ratio(rows, w), "mb_per_s": _ratio(nbytes / 1e6, w)}
+    return {"window_s": w, "rows_per_s": ratio(rows, w), "mb_per_s": ratio(nbytes / 1e6, w)}
 
 
 def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None = None) -> dict:
@@ -54,7 +56,7 @@ def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None 
                     "peak_tree_rss_mb": median([r["run"].get("peak_tree_rss_mb") for r in ok]),
                     "verify_peak_tree_rss_mb": median([r["verify"].get("peak_tree_rss_mb") for r in ok
                                                         if r.get("verify")]),
-                    "all_tables_rows": all_rows, "end_to_end_rows_per_s": _ratio(all_rows, run_s),
+                    "all_tables_rows": all_rows, "end_to_end_rows_per_s": ratio(all_rows, run_s),
                     "phases_s": {k: median([r["run"].get("phases", {}).get(k) for r in ok])
                                  for k in ("before_load_s", "load_s", "finalize_s", "after_s")}},
         "cpu": cpu_summary(baselines, ok, cores),
@@ -64,9 +66,9 @@ def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None 
 def _ratios(mig, ceil, naive, rbr) -> dict:
     """migrate against each baseline, and the ceiling against the slower ones: the most any migrator can reach
     against them on this server (a target above ceiling ÷ naive cannot be met here)."""
-    return {"migrate_vs_ceiling": _ratio(mig, ceil), "migrate_vs_naive": _ratio(mig, naive),
-            "migrate_vs_row_by_row": _ratio(mig, rbr), "ceiling_vs_naive": _ratio(ceil, naive),
-            "ceiling_vs_row_by_row": _ratio(ceil, rbr)}
+    return {"migrate_vs_ceiling": ratio(mig, ceil), "migrate_vs_naive": ratio(mig, naive),
+            "migrate_vs_row_by_row": ratio(mig, rbr), "ceiling_vs_naive": ratio(ceil, naive),
+            "ceiling_vs_row_by_row": ratio(ceil, rbr)}
 
 
 def cpu_summary(baselines: dict, ok_runs: list[dict], cores: int | None) -> dict:
@@ -87,7 +89,7 @@ def cpu_summary(baselines: dict, ok_runs: list[dict], cores: int | None) -> dict
             "ceiling_server_core_s": ceil_busy - ceil_client if ceil_busy is not None else None,
             "migrate_s": run_s, "migrate_busy_core_s": busy, "migrate_tool_core_s": tool,
             "migrate_server_core_s": server, "migrate_server_bound_s": server_bound,
-            "best_vs_ceiling_without_client": _ratio(ceil_wall, server_bound)}
+            "best_vs_ceiling_without_client": ratio(ceil_wall, server_bound)}
 
 
 def _total_row(stats, baselines, ok_runs) -> dict:
@@ -102,10 +104,10 @@ def _total_row(stats, baselines, ok_runs) -> dict:
         return rows / sum(secs) if len(secs) == len(BENCH_TABLES) else None
 
     ceil, naive, rbr = total("ceiling"), total("naive"), total("row_by_row")
-    mig = _ratio(rows, run_s)
+    mig = ratio(rows, run_s)
     return {"table": "TOTAL*", "rows": rows, "mb": nbytes / 1e6, "migrate_rows_per_s": mig,
-            "migrate_mb_per_s": _ratio(nbytes / 1e6, run_s), "migrate_window_s": run_s,
-            "ceiling_rows_per_s": ceil, "ceiling_mb_per_s": _ratio(nbytes / 1e6, rows / ceil) if ceil else None,
+            "migrate_mb_per_s": ratio(nbytes / 1e6, run_s), "migrate_window_s": run_s,
+            "ceiling_rows_per_s": ceil, "ceiling_mb_per_s": ratio(nbytes / 1e6, rows / ceil) if ceil else None,
             "naive_rows_per_s": naive, "naive_scaled": any(baselines[t]["naive"]["scaled"] for t in BENCH_TABLES),
             "row_by_row_rows_per_s": rbr, **_ratios(mig, ceil, naive, rbr)}
 

@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from bench import vector_data, vectors
+from bench import vector_data, vector_report, vectors
 from bench.vector_data import VecParams
 
 TINY = VecParams(vectors=700, collections=5, dim=16, seed=7)
@@ -131,9 +131,9 @@ def test_summary_and_table_without_migrate():
     manifest = {"vectors": 1000, "collections": [{"name": "x", "count": 1000}]}
     base = {"chroma_read": {"vectors_per_s": 5000.0, "seconds": 0.2},
             "ceiling": {"vectors_per_s": 4000.0, "seconds": 0.25, "connections": 2}}
-    s = vectors.summarize(manifest, base, [])
+    s = vector_report.summarize(manifest, base, [])
     assert [ln["vs_ceiling"] for ln in s["lines"]] == [1.25, 1.0]
-    text = vectors.render(s, "hdr")
+    text = vector_report.render(s, "hdr")
     assert "chromadb read" in text and "ceiling" in text and "migrate run" not in text
     json.dumps(s)
 
@@ -146,11 +146,11 @@ def test_summary_with_a_migrate_run():
            "vectors": {"vectors_per_s": 1000.0, "load_window_s": 1.0, "load_and_secondary_s": 2.0,
                        "phases_s": {"vector_load_s": 1.0}}}
     ver = {"ok": True, "seconds": 4.0, "peak_rss_mb": 90.0, "report": {"recall_at_10": 0.9, "self_retrieval": {}}}
-    s = vectors.summarize(manifest, base, [{"run": run, "verify": ver}])
+    s = vector_report.summarize(manifest, base, [{"run": run, "verify": ver}])
     assert s["migrate"]["vs_ceiling"] == 0.25 and s["migrate"]["vs_chroma_read"] == 0.2
     assert [ln["vectors_per_s"] for ln in s["lines"][2:]] == [1000.0, 500.0, 100.0, 250.0]
-    text = vectors.render(s, "hdr")
+    text = vector_report.render(s, "hdr")
     assert "recall@10 0.9" in text and "CPU:" not in text  # no CPU measured: nothing printed
     run.update(busy_core_s=15.0, tool_core_s=6.0)
-    assert "tool 6.0, server and the rest 9.0" in vectors.render(vectors.summarize(manifest, base, [{"run": run}]),
-                                                                  "hdr")
+    text = vector_report.render(vector_report.summarize(manifest, base, [{"run": run}]), "hdr")
+    assert "tool 6.0, server and the rest 9.0" in text
