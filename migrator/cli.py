@@ -15,12 +15,14 @@ from migrator.errors import EXIT_FATAL, EXIT_USAGE, WRITE_ERRNOS, MigrationError
 
 def _common(f):
     options = [
-        click.option("--data-dir", type=click.Path(file_okay=False, readable=False), help="HridaAI's DATA_DIR (holds hridaai.db)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, readable=False),  # unreadable: our own error
+                     help="HridaAI's DATA_DIR (holds hridaai.db)."),
         click.option("--work-dir", type=click.Path(file_okay=False),
                      help="Snapshot, reports, embedded server. Default ./hridaai-migrate-work."),
         click.option("--target", help="PostgreSQL URL (default DATABASE_URL; none = embedded PostgreSQL)."),
         click.option("--pgvector-target", help="pgvector database URL (default PGVECTOR_DB_URL, else the target)."),
-        click.option("--chroma-path", type=click.Path(file_okay=False, readable=False), help="Chroma dir (CHROMA_DATA_PATH)."),
+        click.option("--chroma-path", type=click.Path(file_okay=False, readable=False),
+                     help="Chroma dir (CHROMA_DATA_PATH)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         click.option("--log-format", type=click.Choice(["auto", "text", "json", "none"]), default=None,
                      help="Progress/log format (default: json when stderr is not a terminal)."),

@@ -108,7 +108,7 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
 def verify(settings: Settings) -> Outcome:
     """`migrate verify`: exit 0 only when everything matches (3 otherwise)."""
     settings, notes = _target(settings, start=True)
-    s = snap.load(settings)
+    s = snap.find(settings)
     if s is None:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="verify compares the target with the snapshot `migrate run` used: pass its --work-dir")

@@ -79,6 +79,10 @@ def take(settings: Settings) -> Snapshot:
     """Copy the source into WORK_DIR/snapshot atomically (temp dir + rename) and write its manifest.
 
     One snapshot at a time per work dir (a file lock); a killed snapshot leaves only a temp dir, removed next time.
+
+    Raises UsageError (exit 2): no data dir, no hridaai.db; PreflightError (exit 4): a source this process may not
+    read (access.check_source), not SQLite, damaged, a wrong SQLCipher key; WorkDirError (exit 1): the copy cannot
+    be written (partial files removed).
     """
     source = settings.source_db
     access.check_source(source, settings.vector_store)
@@ -139,7 +143,7 @@ def _work_lock(work: Path):
         os.close(fd)
 
 
-def load(settings: Settings) -> Snapshot | None:
+def find(settings: Settings) -> Snapshot | None:
     """The snapshot already in the work dir, or None."""
     path = settings.work_dir / SNAPSHOT_DIR / MANIFEST
     if not path.exists():
@@ -154,12 +158,12 @@ def load(settings: Settings) -> Snapshot | None:
 
 def load_or_take(settings: Settings) -> Snapshot:
     """Reuse the work dir's snapshot, else take one (or reuse the one a concurrent command just took)."""
-    found = load(settings)
+    found = find(settings)
     if found is not None:
         return found
     work = ensure_private_dir(settings.work_dir)
     with _work_lock(work):
-        found = load(settings)
+        found = find(settings)
     return found or take(settings)
 
 

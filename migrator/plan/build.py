@@ -35,6 +35,9 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
     """Inspect snapshot and target and return the Plan (read-only on both sides).
 
     scan=True also runs every value through the converters to list what each policy will do (with keys).
+
+    Raises nothing for what it finds: every problem becomes a Check in the plan (errors make `run` refuse, exit 4);
+    only an unreadable snapshot or work dir raises (PreflightError / WorkDirError).
     """
     schema = settings.database_schema or "public"
     plan = Plan(snapshot_id=snapshot.snapshot_id, source_revision=snapshot.source_revision,

@@ -14,6 +14,7 @@ import numpy as np
 from migrator import ledger
 from migrator.vectors import source as vectors_source
 from migrator.context import RunContext
+from migrator.convert.vectors import loaded_values
 from migrator.parallel import spawn_pool
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
@@ -252,13 +253,14 @@ def _same(chunk, row, name: str, spec) -> bool:
     equal = np.allclose(got[:d], src, rtol=1e-3, atol=1e-4) if spec.halfvec else np.array_equal(got[:d], src)
     if not equal:
         return False
-    if row["text"] != pgv.clean_text(chunk.document)[0]:
+    text, meta = loaded_values(chunk)
+    if row["text"] != text:
         return False
-    meta = pgv.to_vmetadata(chunk.metadata)[0]
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, info: CollectionInfo, spec, stats: dict, problems: list, recalls: list, sample: _Sample) -> dict:
+async def _search(conn, info: CollectionInfo, spec, stats: dict, problems: list, recalls: list,
+                  sample: _Sample) -> dict:
     """Self-retrieval (the chunk's vector finds that chunk first, at distance ~0, as HridaAI searches) and recall@10
     against the exact scan of the snapshot's vectors made while they streamed by."""
     name = info.name

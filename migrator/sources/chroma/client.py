@@ -126,7 +126,7 @@ def http_client(
     )
 
 
-def _space(metadata: dict[str, Any] | None) -> str:
+def _space_of_metadata(metadata: dict[str, Any] | None) -> str:
     # hnsw:space metadata is what the HNSW index was built with; config_json_str is rewritten
     # with defaults by Chroma's migrations and says 'l2' for old collections whatever they use.
     space = (metadata or {}).get("hnsw:space", DEFAULT_SPACE)
@@ -215,13 +215,13 @@ def _info(col: Any, scan: bool = True) -> CollectionInfo:
         id=str(col.id),
         count=col.count(),
         dimension=dimension,
-        space=_space(col.metadata),
+        space=_space_of_metadata(col.metadata),
         metadata_keys=keys,
         missing_vectors=missing,
     )
 
 
-def _collection(client: Any, name: str) -> Any:
+def _get_collection(client: Any, name: str) -> Any:
     return client.get_collection(name=name, embedding_function=None)
 
 
@@ -232,7 +232,7 @@ def describe_client(client: Any, *, scan: bool = True) -> list[CollectionInfo]:
     page (what run and verify need: they meet lost vectors themselves).
     """
     names = sorted(c if isinstance(c, str) else c.name for c in client.list_collections())
-    return [_info(_collection(client, n), scan) for n in names]
+    return [_info(_get_collection(client, n), scan) for n in names]
 
 
 def iter_batches_client(
@@ -241,7 +241,7 @@ def iter_batches_client(
     """Yield the chunks of ``collection`` from ordinal ``start`` in batches of ``batch_size``."""
     if batch_size < 1 or start < 0:
         raise ValueError("batch_size must be >= 1 and start >= 0")
-    col = _collection(client, collection)
+    col = _get_collection(client, collection)
     total = col.count()
     for offset in range(start, total, batch_size):
         got = _page(col, _FULL, min(batch_size, total - offset), offset)

@@ -64,11 +64,11 @@ def _info(conn: sqlite3.Connection, collection_id: str, name: str, dimension: in
         "AND key NOT GLOB 'chroma:*' AND coalesce(string_value, int_value, float_value, bool_value) IS NOT NULL",
         first)}) if first else []
     return CollectionInfo(name=name, id=collection_id, count=count, dimension=dimension,
-                          space=_space(conn, collection_id, name), metadata_keys=keys, missing_vectors=0)
+                          space=_space_in_catalog(conn, collection_id, name), metadata_keys=keys, missing_vectors=0)
 
 
-def _space(conn: sqlite3.Connection, collection_id: str, name: str) -> str:
-    """hnsw:space of the collection's metadata, as chroma._space reads it."""
+def _space_in_catalog(conn: sqlite3.Connection, collection_id: str, name: str) -> str:
+    """hnsw:space of the collection's metadata, as client._space_of_metadata reads it."""
     row = conn.execute("SELECT str_value, int_value, float_value, bool_value FROM collection_metadata "
                        "WHERE collection_id = ? AND key = 'hnsw:space'", (collection_id,)).fetchone()
     if row is None:

@@ -131,7 +131,7 @@ def _one(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
     return row[0] if row else None
 
 
-def _space(conn: sqlite3.Connection, coll_id: str, vector_seg: str, schema: str | None) -> str:
+def _space_agreed(conn: sqlite3.Connection, coll_id: str, vector_seg: str, schema: str | None) -> str:
     """The HNSW space: every place that records it must agree (config_json_str is ignored:
     migrations rewrite it with defaults)."""
     found = {r[0] for r in conn.execute(
@@ -217,7 +217,7 @@ class CollectionReader:
             return None, unread  # never persisted: chromadb replays every vector from the queue
         if not dim:
             raise _Refused("persisted HNSW segment but no collection dimension")
-        space = _space(conn, coll_id, os.path.basename(folder), schema)
+        space = _space_agreed(conn, coll_id, os.path.basename(folder), schema)
         id_to_label = load_id_to_label(folder)
         seg = HnswSegment(folder, dim, normalized=space == "cosine")
         labels = np.fromiter((-1 if i in touched else id_to_label.get(i, -1) for i in self._ids),
