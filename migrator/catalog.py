@@ -127,7 +127,7 @@ def save(catalog: Catalog, directory: Path) -> Path:
 
 
 def qi(name: str) -> str:
-    """Quote an SQL identifier (names come from files we do not control)."""
+    """Quote an SQL identifier, for PostgreSQL and SQLite alike (names come from files we do not control)."""
     return '"' + name.replace('"', '""') + '"'
 
 

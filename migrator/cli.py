@@ -10,7 +10,7 @@ import sys
 import click
 
 from migrator import access, commands, settings as settings_mod
-from migrator.errors import EXIT_FATAL, EXIT_USAGE, WRITE_ERRNOS, MigrationError, work_dir_error
+from migrator.errors import EXIT_FATAL, EXIT_USAGE, WRITE_ERRNOS, MigrationError, UsageError, work_dir_error
 
 
 def _common(f):
@@ -45,7 +45,7 @@ def _settings(kw: dict) -> settings_mod.Settings:
     for item in kw.pop("policies", ()) or ():
         name, sep, action = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"--policy expects NAME=ACTION, got {item!r}")
+            raise UsageError(f"--policy expects NAME=ACTION, got {item!r}", hint=settings_mod.POLICY_HINT)
         policies[name.strip()] = action.strip()
     kw["policies"] = policies
     return settings_mod.build(kw)
@@ -87,8 +87,9 @@ def _invoke(fn, kw: dict, **extra) -> None:
         err = work_dir_error(exc, what="into the work directory")  # disk full ...: say so, no traceback
         click.echo(err.render(), err=True)
         sys.exit(err.exit_code)
-    except ValueError as exc:  # bad policy names and similar operator input
-        click.echo(f"ERROR: {exc}", err=True)
+    except ValueError as exc:  # operator input a library function refused
+        click.echo(f"ERROR: {exc}\nHINT: check the values given (`migrate {click.get_current_context().info_name} "
+                   "--help`)", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
         _unexpected(exc)

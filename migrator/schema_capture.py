@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from migrator.catalog import _INDEXDEF, OWN_SCHEMA, VECTOR_TABLE, Catalog, Column, ForeignKey, Table
+from migrator.catalog import _INDEXDEF, OWN_SCHEMA, VECTOR_TABLE, Catalog, Column, ForeignKey, Table, qi
 from migrator.errors import PreflightError
 
 _COLUMNS = """
@@ -50,7 +50,7 @@ _SKIP_TABLES = {VECTOR_TABLE}
 async def capture(conn: asyncpg.Connection, *, schema: str = "public") -> Catalog:
     """Read tables, constraints, indexes and sequences of `schema` (minus document_chunk) into a Catalog."""
     async with conn.transaction(readonly=True):
-        await conn.execute(f"SET LOCAL search_path TO {_quote(schema)}")
+        await conn.execute(f"SET LOCAL search_path TO {qi(schema)}")
         cols = await conn.fetch(_COLUMNS, schema)
         cons = await conn.fetch(_CONSTRAINTS, schema)
         idxs = await conn.fetch(_INDEXES, schema)
@@ -100,10 +100,6 @@ async def _revision(conn: asyncpg.Connection) -> str:
     if len(rows) != 1:
         raise PreflightError("alembic_version must hold exactly one row", detail=f"found {len(rows)}")
     return rows[0]["version_num"]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 assert OWN_SCHEMA  # the tool's own schema is never captured: it is not in HridaAI's

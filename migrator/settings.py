@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from migrator.dsn import MASK, compose, mask_dsn, normalise_pg_url  # noqa: F401  (re-exported)
+from migrator.convert.policies import resolve_actions
 from migrator.errors import UsageError
 
 DEFAULT_WORK_DIR = "hridaai-migrate-work"
@@ -20,6 +21,7 @@ DEFAULT_BATCH_ROWS = 10_000
 DEFAULT_BATCH_BYTES = 8 * 1024 * 1024  # 16 MiB measured 638 MB peak RSS at 2 GB of chats with 2 jobs; 8 MiB 473 MB, same speed
 SOURCE_DB_NAMES = ("hridaai.db", "webui.db")
 SECRETS_DIR_VAR = "HRIDAAI_MIGRATE_SECRETS_DIR"
+POLICY_HINT = "`migrate policies` lists every policy and the actions it allows; pass --policy NAME=ACTION"
 DSN_FIELDS = ("target_url", "pgvector_url")
 SECRET_FIELDS = ("sqlcipher_key", "pgvector_pgcrypto_key")
 
@@ -205,6 +207,10 @@ def build(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | No
         raise UsageError("no target database configured, and HRIDAAI_MIGRATE_REQUIRE_TARGET forbids the embedded one",
                          hint="set DATABASE_URL (or DATABASE_TYPE/USER/PASSWORD/HOST/PORT/NAME); in Kubernetes, "
                               "check that the Job's envFrom names HridaAI's ConfigMap and Secret")
+    try:  # a wrong --policy is a configuration error: `migrate config` (the Job's first step) catches it
+        resolve_actions(values["policies"])
+    except ValueError as exc:
+        raise UsageError(str(exc), hint=POLICY_HINT) from None
     values["origins"] = dict(src.origins)
     values["secrets_dir"] = src.secrets_dir
     if values["batch_rows"] < 1 or values["batch_bytes"] < 1024:

@@ -6,6 +6,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from migrator.catalog import qi
 from migrator.plan.model import TablePlan
 from migrator.convert.table import TableConverter
 from migrator.snapshot import Snapshot
@@ -24,7 +25,7 @@ class ReadBatch:
 class Reader:
     """Reads and converts batches in a thread, one batch ahead of the writer (bounded: queue of 1)."""
 
-    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int, until: int = 2 ** 63 - 1):
+    def __init__(self, snapshot: Snapshot, table: TablePlan, policies: dict, *, after: int, until: int = src.LAST):
         self.table = table
         self.conv = TableConverter(table, policies) if table.action == "load" else None
         self.columns = [c.name for c in table.columns if c.source_type is not None]
@@ -96,7 +97,7 @@ class Reader:
 def _self_ref_order(conn, table: TablePlan) -> list[int]:
     """Rowids with every parent before its children (rows in cycles or with missing parents come last)."""
     col, ref = table.self_ref["column"], table.self_ref["ref_column"]
-    rows = conn.execute(f"SELECT rowid, {src.qi(ref)}, {src.qi(col)} FROM {src.qi(table.name)} ORDER BY rowid")
+    rows = conn.execute(f"SELECT rowid, {qi(ref)}, {qi(col)} FROM {qi(table.name)} ORDER BY rowid")
     children: dict = {}
     rowid_of, all_ids = {}, []
     for rowid, key, parent in rows:
@@ -124,5 +125,5 @@ def _rows_by_rowid(conn, table: str, cols: list[str], ids: list[int]) -> list[tu
         return []
     marks = ",".join("?" * len(ids))
     found = {r[0]: r for r in conn.execute(
-        f"SELECT rowid, {', '.join(src.qi(c) for c in cols)} FROM {src.qi(table)} WHERE rowid IN ({marks})", ids)}
+        f"SELECT rowid, {', '.join(qi(c) for c in cols)} FROM {qi(table)} WHERE rowid IN ({marks})", ids)}
     return [found[i] for i in ids if i in found]

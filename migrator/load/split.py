@@ -12,15 +12,15 @@ import sqlite3
 from dataclasses import dataclass
 
 from migrator import ledger
+from migrator.catalog import qi
 from migrator.plan.model import TablePlan
 from migrator.sources import sqlite as src
+from migrator.sources.sqlite import FIRST, LAST
 
 PART_BYTES = 32 << 20
 PART_ROWS = 50_000
 MAX_PARTS = 8
 SAMPLES = 64
-FIRST = -(2 ** 63)
-LAST = 2 ** 63 - 1
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,12 @@ def sampled_bytes(conn: sqlite3.Connection, table: TablePlan, samples: int = SAM
     """The table's payload, estimated from `samples` rows spread over its rowid range (`run` plans without measuring
     payload; this is what tells a table of big JSON values apart, in milliseconds where SQLite's dbstat read every
     page: 0.8 s for a 935 MB database)."""
-    name = src.qi(table.name)
+    name = qi(table.name)
     lo, hi = _rowid_range(conn, table.name)
     cols = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
     if lo is None or not cols:
         return 0
-    size = " + ".join(f"coalesce(length(CAST({src.qi(c)} AS BLOB)), 0)" for c in cols)
-    sql = f"SELECT {size} FROM {name} WHERE rowid >= ? ORDER BY rowid LIMIT 1"
+    sql = f"SELECT {src.size_expr(cols)} FROM {name} WHERE rowid >= ? ORDER BY rowid LIMIT 1"
     n = max(1, min(samples, table.rows))
     seen = [conn.execute(sql, (lo + (hi - lo) * k // n,)).fetchone() for k in range(n)]
     seen = [r[0] for r in seen if r is not None]
@@ -87,7 +86,7 @@ def _cuts(conn: sqlite3.Connection, table: TablePlan, n: int) -> list[int]:
     lo, hi = _rowid_range(conn, table.name)
     if hi - lo + 1 == table.rows:
         return [lo + table.rows * k // n - 1 for k in range(1, n)]
-    sql = f"SELECT rowid FROM {src.qi(table.name)} WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?"
+    sql = f"SELECT rowid FROM {qi(table.name)} WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?"
     cuts, prev, at = [], FIRST, 0
     for k in range(1, n):
         index = table.rows * k // n - 1
@@ -99,8 +98,8 @@ def _cuts(conn: sqlite3.Connection, table: TablePlan, n: int) -> list[int]:
 
 def _rowid_range(conn: sqlite3.Connection, name: str) -> tuple[int | None, int | None]:
     """(min, max) rowid, each one b-tree descent (SQLite scans the whole table for both in one SELECT)."""
-    lo = conn.execute(f"SELECT min(rowid) FROM {src.qi(name)}").fetchone()[0]
-    hi = conn.execute(f"SELECT max(rowid) FROM {src.qi(name)}").fetchone()[0]
+    lo = conn.execute(f"SELECT min(rowid) FROM {qi(name)}").fetchone()[0]
+    hi = conn.execute(f"SELECT max(rowid) FROM {qi(name)}").fetchone()[0]
     return lo, hi
 
 

@@ -13,7 +13,7 @@ from migrator.plan import checks as chk
 from migrator import schema_capture
 from migrator.convert import policies as convert
 from migrator.vectors import plan as vectors_plan
-from migrator.errors import MigrationError
+from migrator.errors import MigrationError, TransientError
 from migrator.plan.model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
@@ -82,7 +82,8 @@ async def _target_spec(settings: Settings, plan: Plan) -> cat.Catalog | None:
     try:
         conn = await pgt.connect(settings.target_url, readonly=True)
     except MigrationError as exc:
-        plan.checks.append(Check("error", "target-unreachable", exc.message, exc.detail, exc.hint))
+        code = "target-unreachable" if isinstance(exc, TransientError) else "target-refused"
+        plan.checks.append(Check("error", code, exc.message, exc.detail, exc.hint))
         return _known_catalog(plan)
     try:
         async with conn.transaction(readonly=True):

@@ -71,7 +71,7 @@ def _shape_checks(conn, t) -> list[Check]:
     out = []
     for c in t.columns:
         if c.target_type is None:
-            n = conn.execute(f"SELECT count(*) FROM {src.qi(t.name)} WHERE {src.qi(c.name)} IS NOT NULL").fetchone()[0]
+            n = conn.execute(f"SELECT count(*) FROM {cat.qi(t.name)} WHERE {cat.qi(c.name)} IS NOT NULL").fetchone()[0]
             if n:
                 out.append(Check("warning", "column-not-in-target",
                                  f"{t.name}.{c.name}: {n} non-NULL values in a column the target does not have"))
@@ -124,15 +124,15 @@ class OrphanScan:
         return [self._check(t, fk, rowids, set_null)] if rowids else []
 
     def _orphans(self, table: str, fk: dict, parent: str) -> list[int]:
-        col, ref = src.qi(fk["column"]), src.qi(fk["ref_column"])
+        col, ref = cat.qi(fk["column"]), cat.qi(fk["ref_column"])
         alive = ("NOT EXISTS (SELECT 1 FROM temp.hm_orphan q WHERE q.tbl = ? AND q.rid = {}.rowid)")
         if parent not in self.present:
             parent_ok, args = "0", [table]
         else:
-            parent_ok = (f"EXISTS (SELECT 1 FROM {src.qi(parent)} p WHERE p.{ref} = c.{col} AND "
+            parent_ok = (f"EXISTS (SELECT 1 FROM {cat.qi(parent)} p WHERE p.{ref} = c.{col} AND "
                          f"{alive.format('p')})")
             args = [parent, table]
-        sql = (f"SELECT c.rowid FROM {src.qi(table)} c WHERE c.{col} IS NOT NULL AND NOT {parent_ok} "
+        sql = (f"SELECT c.rowid FROM {cat.qi(table)} c WHERE c.{col} IS NOT NULL AND NOT {parent_ok} "
                f"AND {alive.format('c')} ORDER BY c.rowid")
         return [r[0] for r in self.conn.execute(sql, args)]
 
@@ -154,7 +154,7 @@ _LOWER = re.compile(r"lower\(\(?(\w+)\)?(?:::text)?\)")
 
 def _unique_groups(target: cat.Table) -> list[tuple[str, list[str], str | None]]:
     """(name, SQLite expressions, partial WHERE) of every PK, UNIQUE constraint and unique index."""
-    groups = [(c["name"], [src.qi(x) for x in c["columns"]], None) for c in target.constraints
+    groups = [(c["name"], [cat.qi(x) for x in c["columns"]], None) for c in target.constraints
               if c["kind"] in ("p", "u")]
     for ix in target.indexes:
         if not ix["unique"]:
@@ -162,10 +162,10 @@ def _unique_groups(target: cat.Table) -> list[tuple[str, list[str], str | None]]
         m = _LOWER.search(ix["using"])
         where = ix["using"].split(" WHERE ", 1)[1] if " WHERE " in ix["using"] else None
         if m:
-            groups.append((ix["name"], [f"pg_lower({src.qi(m.group(1))})"], _sqlite_expr(where) if where else None))
+            groups.append((ix["name"], [f"pg_lower({cat.qi(m.group(1))})"], _sqlite_expr(where) if where else None))
         elif re.fullmatch(r"USING btree \((\w+(?:, \w+)*)\)", ix["using"]):
             cols = re.fullmatch(r"USING btree \((.*)\)", ix["using"]).group(1).split(", ")
-            groups.append((ix["name"], [src.qi(c) for c in cols], None))
+            groups.append((ix["name"], [cat.qi(c) for c in cols], None))
     return groups
 
 
@@ -179,7 +179,7 @@ def _unique_checks(conn, t, target: cat.Table) -> list[Check]:
         if where is None and frozenset(exprs) in enforced:
             continue  # SQLite enforces the same uniqueness (no GROUP BY over a million rows to find nothing)
         cond = " AND ".join(f"{e} IS NOT NULL" for e in exprs) + (f" AND ({where})" if where else "")
-        sql = (f"SELECT {', '.join(exprs)}, count(*), group_concat(rowid) FROM {src.qi(t.name)} WHERE {cond} "
+        sql = (f"SELECT {', '.join(exprs)}, count(*), group_concat(rowid) FROM {cat.qi(t.name)} WHERE {cond} "
                f"GROUP BY {', '.join(exprs)} HAVING count(*) > 1")
         dups = conn.execute(sql).fetchall()
         if not dups:
@@ -199,12 +199,12 @@ def _unique_in_sqlite(conn, table: str) -> set[frozenset[str]]:
     """Column sets (quoted as _unique_groups quotes them) that a full, BINARY-collated unique index of the source
     table enforces: equal values there are equal bytes, as PostgreSQL's text equality compares them."""
     out = set()
-    for _, index, unique, _, partial in conn.execute(f"PRAGMA index_list({src.qi(table)})").fetchall():
+    for _, index, unique, _, partial in conn.execute(f"PRAGMA index_list({cat.qi(table)})").fetchall():
         if not unique or partial:
             continue
-        cols = [r for r in conn.execute(f"PRAGMA index_xinfo({src.qi(index)})").fetchall() if r[5]]  # key columns
+        cols = [r for r in conn.execute(f"PRAGMA index_xinfo({cat.qi(index)})").fetchall() if r[5]]  # key columns
         if cols and all(r[2] is not None and str(r[4]).upper() == "BINARY" for r in cols):
-            out.add(frozenset(src.qi(r[2]) for r in cols))
+            out.add(frozenset(cat.qi(r[2]) for r in cols))
     return out
 
 
@@ -217,7 +217,7 @@ def _check_constraints(conn, t, target: cat.Table) -> list[Check]:
             continue
         expr = _sqlite_expr(c["definition"].removeprefix("CHECK "))
         try:
-            rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM {src.qi(t.name)} WHERE NOT ({expr})")]
+            rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM {cat.qi(t.name)} WHERE NOT ({expr})")]
         except sqlite3.Error:
             continue  # not expressible in SQLite: the load still quarantines what the server refuses
         if rowids:
@@ -240,10 +240,10 @@ def _sqlite_expr(pg_expr: str) -> str:
 def _keys(conn, t, rowids: list[int]) -> list[str]:
     """The report keys (as the load writes them) of some rows."""
     cols = [k for k in t.key if any(c.name == k and c.source_type for c in t.columns)]
-    select = ", ".join(src.qi(k) for k in cols) or "rowid"
+    select = ", ".join(cat.qi(k) for k in cols) or "rowid"
     marks = ",".join("?" * len(rowids))
     found = {r[0]: r[1:] for r in conn.execute(
-        f"SELECT rowid, {select} FROM {src.qi(t.name)} WHERE rowid IN ({marks})", rowids)}
+        f"SELECT rowid, {select} FROM {cat.qi(t.name)} WHERE rowid IN ({marks})", rowids)}
     return [key_text(list(found[r])) for r in rowids if r in found]
 
 
@@ -261,7 +261,7 @@ def conversion_scan(conn: sqlite3.Connection, plan: Plan) -> list[Check]:
         orphaned = _orphaned(conn, t.name)  # quarantined as orphans: their values are not converted
         hits: Counter = Counter()
         samples: dict[tuple, list[str]] = {}
-        after = -(2 ** 63)
+        after = src.FIRST
         while True:
             raws, after = src.read_batch(conn, t.name, conv.source_columns, after=after, max_rows=t.batch_rows,
                                          max_bytes=t.batch_bytes)

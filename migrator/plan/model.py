@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from migrator.errors import PreflightError
+from migrator.errors import MigrationError, PreflightError, TransientError
 
 if TYPE_CHECKING:  # the model is data every stage imports: it does not import a reader or a target at run time
     from migrator.sources.chroma.client import CollectionInfo
     from migrator.targets.pgvector import VectorTableSpec
+
+
+UNREACHABLE = ("target-unreachable", "pgvector-target-unreachable")  # transient: the plan could not look
 
 
 @dataclass
@@ -87,13 +90,20 @@ class Plan:
         """Error-level checks: any of them stops `run` (exit 4)."""
         return [c for c in self.checks if c.severity == "error"]
 
-    def refusal(self) -> PreflightError:
-        """The error (exit 4) for a plan with error-level checks: `run` refuses to start, `plan` prints the plan and
-        exits with it. Names the first checks and what to do about them."""
+    def refusal(self) -> MigrationError:
+        """The error for a plan with error-level checks: `run` refuses to start, `plan` prints the plan and exits
+        with it. Names the first checks and what to do about them. Exit 4 (PreflightError), or 75 (TransientError)
+        when a target could not be reached: the plan is incomplete, and the same command may pass once it is up."""
+        unreachable = [c for c in self.errors if c.code in UNREACHABLE]
+        hints = list(dict.fromkeys(c.hint for c in (unreachable or self.errors)[:3] if c.hint))
+        if unreachable:
+            return TransientError(unreachable[0].message, detail="; ".join(f"{c.code}: {c.detail or c.message}"
+                                                                           for c in unreachable),
+                                  hint="; ".join(hints))
         return PreflightError(f"the plan has {len(self.errors)} error-level checks",
                               detail="; ".join(f"{c.code}: {c.message}" for c in self.errors[:5]),
-                              hint="; ".join([c.hint for c in self.errors[:3] if c.hint]
-                                             + ["fix what each [ERROR] check names, then run `migrate plan` again"]))
+                              hint="; ".join(hints + ["fix what each [ERROR] check names, then run `migrate plan` "
+                                                      "again"]))
 
     def table(self, name: str) -> TablePlan:
         """The plan of one table."""

@@ -1,4 +1,12 @@
-"""Read-only access to a HridaAI SQLite database (the live source for snapshots, the snapshot for all else)."""
+"""Read-only access to a HridaAI SQLite database (the live source for snapshots, the snapshot for all else).
+
+Raw rows. `read_batch` (the one batch reader of load, plan checks and verify) returns each row as a tuple
+`(rowid, *values, size)`: the rowid, then one value per requested column in the order asked for, then (unless
+`with_size=False`, which verify uses) the bytes SQLite stores for those values. Every reader of a raw row takes
+column i as `raw[1 + i]` and the rowid as `raw[0]`, so the trailing size never matters to it. Text that is not
+valid UTF-8 is decoded with surrogateescape (the batch is then marked `lenient`) instead of failing the read.
+Rowids lie in [FIRST, LAST] (SQLite's signed 64-bit range): `after=FIRST` reads from the first row.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,17 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+
 from urllib.parse import quote
 
+from migrator.catalog import qi
 from migrator.errors import PreflightError, UsageError
 
 log = logging.getLogger(__name__)
 INTERNAL_PREFIXES = ("sqlite_",)
 SQLITE_HEADER = b"SQLite format 3\x00"
+FIRST = -(2 ** 63)  # below every rowid: the `after` that reads from the start
+LAST = 2 ** 63 - 1  # the largest rowid: the `until` that reads to the end
 
 
 @dataclass(frozen=True)
@@ -166,49 +177,67 @@ def count(conn: sqlite3.Connection, table: str) -> int:
     return conn.execute(f"SELECT count(*) FROM {qi(table)}").fetchone()[0]
 
 
+def size_expr(cols: list[str]) -> str:
+    """The SQL expression for the bytes SQLite stores for a row's `cols` ("0" for no column)."""
+    return " + ".join(f"coalesce(length(CAST({qi(c)} AS BLOB)), 0)" for c in cols) or "0"
+
+
 def byte_size(conn: sqlite3.Connection, table: str, cols: list[str]) -> int:
     """Sum of the stored lengths of every value (what a load moves)."""
     if not cols:
         return 0
-    expr = " + ".join(f"coalesce(length(CAST({qi(c)} AS BLOB)), 0)" for c in cols)
-    return conn.execute(f"SELECT coalesce(sum({expr}), 0) FROM {qi(table)}").fetchone()[0]
+    return conn.execute(f"SELECT coalesce(sum({size_expr(cols)}), 0) FROM {qi(table)}").fetchone()[0]
 
 
 class Rows(list):
-    """A batch of rows (rowid, *values, size): `nbytes` = stored bytes of its values; `lenient` = some text was not
-    valid UTF-8 and was decoded with surrogateescape (only then do converters need to look for it)."""
+    """A batch of raw rows (the module docstring has their layout): `nbytes` = stored bytes of its values (0 when
+    read without sizes); `lenient` = some text was not valid UTF-8 and was decoded with surrogateescape (only then
+    do converters need to look for it)."""
 
     nbytes: int = 0
     lenient: bool = False
 
 
 def read_batch(conn: sqlite3.Connection, table: str, cols: list[str], *, after: int, max_rows: int,
-               max_bytes: int, until: int = 2 ** 63 - 1) -> tuple[Rows, int]:
+               max_bytes: int | None = None, until: int = LAST, with_size: bool = True) -> tuple[Rows, int]:
     """Rows with after < rowid <= until, in rowid order, up to max_rows rows or max_bytes bytes (at least one row).
 
-    Returns (rows, last_rowid); each row is (rowid, *values, size) — the trailing size (bytes stored, computed by
-    SQLite) bounds the batch without touching values in Python. Text that is not valid UTF-8 is decoded with
-    surrogateescape so convert can apply the invalid-UTF-8 policy instead of the whole read failing.
+    Returns (rows, last_rowid), raw rows as the module docstring lays them out: the trailing size (computed by
+    SQLite) bounds the batch without touching values in Python. `with_size=False` leaves it out (and with it the
+    byte bound: max_bytes must then be None). Text that is not valid UTF-8 is decoded with surrogateescape so
+    convert can apply the invalid-UTF-8 policy instead of the whole read failing.
     """
-    size = " + ".join(f"coalesce(length(CAST({qi(c)} AS BLOB)), 0)" for c in cols) or "0"
-    sql = (f"SELECT rowid, {', '.join(qi(c) for c in cols)}{', ' if cols else ''}{size} FROM {qi(table)} "
+    if with_size == (max_bytes is None):
+        raise ValueError("read_batch: max_bytes goes with the size column, and only with it")
+    size = f", {size_expr(cols)}" if with_size else ""
+    sql = (f"SELECT rowid{''.join(', ' + qi(c) for c in cols)}{size} FROM {qi(table)} "
            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?")
     try:
-        return _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes)
+        return _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes, with_size)
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
             raise
     conn.text_factory = lenient_text
     try:
-        rows, last = _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes)
+        rows, last = _fetch(conn.execute(sql, (after, until, max_rows)), after, max_bytes, with_size)
         rows.lenient = True
         return rows, last
     finally:
         conn.text_factory = str
 
 
-def _fetch(cur: sqlite3.Cursor, after: int, max_bytes: int) -> tuple[Rows, int]:
+def _fetch(cur: sqlite3.Cursor, after: int, max_bytes: int | None, with_size: bool) -> tuple[Rows, int]:
     rows = Rows()
+    if with_size:
+        rows.nbytes = _fill(rows, cur, max_bytes)
+    else:
+        rows.extend(cur)
+    cur.close()
+    return rows, (rows[-1][0] if rows else after)
+
+
+def _fill(rows: Rows, cur: sqlite3.Cursor, max_bytes: int) -> int:
+    """Append rows until their trailing sizes reach max_bytes (at least one row); returns the bytes taken."""
     size = 0
     while size < max_bytes:
         chunk = cur.fetchmany(256)
@@ -219,9 +248,7 @@ def _fetch(cur: sqlite3.Cursor, after: int, max_bytes: int) -> tuple[Rows, int]:
             size += row[-1]
             if size >= max_bytes:
                 break
-    cur.close()
-    rows.nbytes = size
-    return rows, (rows[-1][0] if rows else after)
+    return size
 
 
 def row_bytes(row: tuple) -> int:
@@ -229,21 +256,6 @@ def row_bytes(row: tuple) -> int:
     return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
 
 
-def iter_rows(conn: sqlite3.Connection, table: str, cols: list[str], *, chunk: int = 2000) -> Iterator[tuple]:
-    """Every row as (rowid, *values), in rowid order, in bounded memory (keyset pagination)."""
-    after = -(2 ** 63)
-    while True:
-        rows, after = read_batch(conn, table, cols, after=after, max_rows=chunk, max_bytes=8 * 1024 * 1024)
-        if not rows:
-            return
-        yield from rows
-
-
 def lenient_text(raw: bytes) -> str:
     """A text_factory that keeps bytes which are not UTF-8 (as lone surrogates) instead of failing the read."""
     return raw.decode("utf-8", "surrogateescape")
-
-
-def qi(name: str) -> str:
-    """Quote an SQLite identifier."""
-    return '"' + name.replace('"', '""') + '"'

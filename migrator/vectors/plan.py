@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from migrator.vectors import source as vectors_source
-from migrator.errors import MigrationError, WorkDirError
+from migrator.errors import MigrationError, TransientError, WorkDirError
 from migrator.plan.model import Check, Plan, VectorPlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
@@ -131,7 +131,8 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
     try:
         conn = await pgt.connect(settings.pgvector_url, readonly=True)
     except MigrationError as exc:
-        plan.checks.append(Check("error", "pgvector-target-unreachable", exc.message, exc.detail, exc.hint))
+        code = "pgvector-target-unreachable" if isinstance(exc, TransientError) else "pgvector-target-refused"
+        plan.checks.append(Check("error", code, exc.message, exc.detail, exc.hint))
         return
     try:
         installed = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")

@@ -8,7 +8,6 @@ processes (the two cores then hash two tables, or both sides of one, at once); m
 from __future__ import annotations
 
 import random
-import sqlite3
 from dataclasses import dataclass, field
 from itertools import compress
 from json.encoder import encode_basestring_ascii
@@ -25,7 +24,6 @@ from migrator.sources import sqlite as src
 FIRST_ROWS = 200
 MAX_ROWS = 10_000
 BATCH_BYTES = 8 << 20
-FIRST = -(2 ** 63)
 
 
 @dataclass
@@ -82,41 +80,15 @@ def target_keys(key_columns: list[Sequence], n: int) -> list[str]:
     return [ledger.dumps(list(vals)) for vals in zip(*key_columns)]
 
 
-class Raws(list):
-    """Raw rows (rowid, *values) of one batch; `lenient` as sources.sqlite.Rows has it (the converter reads it)."""
-
-    lenient: bool = False
-
-
-def read_rows(lite: sqlite3.Connection, table: str, cols: list[str], after: int, n: int) -> Raws:
-    """Up to n rows with rowid > after, in rowid order, decoded as sources.sqlite.read_batch decodes them (text
-    that is not UTF-8 kept with surrogateescape, the batch then marked lenient); no per-row size column."""
-    sql = (f"SELECT rowid{''.join(', ' + src.qi(c) for c in cols)} FROM {src.qi(table)} "
-           "WHERE rowid > ? ORDER BY rowid LIMIT ?")
-    try:
-        return Raws(lite.execute(sql, (after, n)))
-    except sqlite3.OperationalError as exc:
-        if "decode" not in str(exc):
-            raise
-    lite.text_factory = src.lenient_text
-    try:
-        rows = Raws(lite.execute(sql, (after, n)))
-        rows.lenient = True
-        return rows
-    finally:
-        lite.text_factory = str
-
-
 def source_batches(lite, t: TablePlan, conv: TableConverter, set_null: dict[str, list[str]]) -> Iterator[Batch]:
     """Converted batches of the snapshot's rows, with the load's orphan_set_null fixups applied; each about
     BATCH_BYTES once the consumer has set the previous batch's nbytes."""
-    after, n = FIRST, FIRST_ROWS
+    after, n = src.FIRST, FIRST_ROWS
     idx = {c: i for i, c in enumerate(conv.columns)}
     while True:
-        raws = read_rows(lite, t.name, conv.source_columns, after, n)
+        raws, after = src.read_batch(lite, t.name, conv.source_columns, after=after, max_rows=n, with_size=False)
         if not raws:
             return
-        after = raws[-1][0]
         res = conv.convert(raws)
         keys = source_keys(conv, res.raws)
         columns = list(zip(*res.rows)) if res.rows else [() for _ in conv.columns]
