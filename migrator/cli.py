@@ -178,7 +178,7 @@ def schema_capture(out_dir: str, **kw) -> None:
 @schema.command("list")
 def schema_list() -> None:
     """Alembic revisions the catalog knows."""
-    from migrator.catalog import known_revisions
+    from migrator.catalog.schema import known_revisions
 
     for rev in known_revisions():
         click.echo(rev)

@@ -9,7 +9,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator import catalog, embedded, ledger, snapshot as snap, workdir
+from migrator import embedded, ledger, snapshot as snap, workdir
+from migrator.catalog import schema as catalog
 from migrator.context import RunContext, StopFlag
 from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed
 from migrator.progress import Progress, choose
@@ -153,7 +154,7 @@ async def _status(settings: Settings) -> dict:
 
 
 async def _capture(url: str, schema: str):
-    from migrator import schema_capture
+    from migrator.catalog import capture as schema_capture
     from migrator.targets import postgres as pgt
 
     conn = await pgt.connect(url, readonly=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from migrator.catalog import OWN_SCHEMA, qi
+from migrator.catalog.schema import OWN_SCHEMA, qi
 from migrator.convert.keys import dumps  # noqa: F401  (the ledger's text form; callers use ledger.dumps)
 from migrator.errors import PreflightError
 

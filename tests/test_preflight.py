@@ -124,11 +124,11 @@ def test_existing_target_with_only_seed_rows_is_used(target_url, tmp_path):
 
 def test_check_constraints_of_the_target_are_evaluated_on_the_source():
     """A source table without the target's CHECK (a legacy shape): plan names the rows PostgreSQL will refuse."""
-    from migrator import catalog
+    from migrator.catalog import schema as catalog
     from migrator.plan import checks
     from migrator.plan.model import ColumnPlan, TablePlan
 
-    target = catalog.load("0bd252b206fb").tables["channel_member"]
+    target = catalog.for_revision("0bd252b206fb").tables["channel_member"]
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE channel_member (id TEXT PRIMARY KEY, channel_id TEXT, user_id TEXT, app_id TEXT)")
     db.executemany("INSERT INTO channel_member VALUES (?, 'c', ?, ?)",
@@ -143,11 +143,11 @@ def test_check_constraints_of_the_target_are_evaluated_on_the_source():
 def test_unique_checks_skip_only_what_sqlite_enforces_the_same_way():
     """A key SQLite already keeps unique (a full BINARY unique index) is not grouped again; a NOCASE or partial
     unique index, or none, does not count: their duplicates are still found."""
-    from migrator import catalog
+    from migrator.catalog import schema as catalog
     from migrator.plan import checks
     from migrator.plan.model import ColumnPlan, TablePlan
 
-    target = catalog.load("0bd252b206fb").tables["tag"]
+    target = catalog.for_revision("0bd252b206fb").tables["tag"]
     db = sqlite3.connect(":memory:")
     db.create_function("pg_lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
     db.execute("CREATE TABLE tag (id TEXT, name TEXT, user_id TEXT, meta TEXT)")

@@ -7,7 +7,7 @@ import uuid
 
 import asyncpg
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator import ledger
 from migrator.context import RunContext
 from migrator.errors import PreflightError
@@ -78,7 +78,7 @@ async def _prepare_schema(ctx: RunContext, conn: asyncpg.Connection, mode: str) 
     if mode == "create":
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         await conn.execute(f"SET LOCAL search_path TO {schema}")
-        for stmt in cat.create_statements(cat.load(plan.source_revision)):
+        for stmt in cat.create_statements(cat.for_revision(plan.source_revision)):
             await conn.execute(stmt)
         return
     present = {t.name for t in plan.tables if t.action in ("load", "stamp", "absent")}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator import ledger
 from migrator.context import RunContext
 from migrator.parallel import run_all
@@ -45,7 +45,7 @@ async def finalize(ctx: RunContext, conn: asyncpg.Connection, workers: list, run
     plan, snapshot_id, progress = ctx.plan, ctx.snapshot.snapshot_id, ctx.progress
     steps = await ledger.steps(conn)
     schema = cat.qi(plan.schema)
-    catalog = cat.load(plan.source_revision) if run["mode"] == "create" else None
+    catalog = cat.for_revision(plan.source_revision) if run["mode"] == "create" else None
     if catalog is not None and "indexes" not in steps:
         progress.event("finalize", step="indexes")
         await _build_indexes(workers or [conn], schema, cat.index_statements(catalog))
@@ -116,6 +116,6 @@ async def _analyze(conns: list) -> None:
 
 
 async def _live_sequences(conn: asyncpg.Connection, schema: str) -> list[dict]:
-    from migrator import schema_capture
+    from migrator.catalog import capture as schema_capture
 
     return list((await schema_capture.capture(conn, schema=schema)).sequences)

@@ -6,7 +6,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from migrator.catalog import qi
+from migrator.catalog.schema import qi
 from migrator.plan.model import TablePlan
 from migrator.convert.table import TableConverter
 from migrator.snapshot import Snapshot

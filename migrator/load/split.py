@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from migrator import ledger
-from migrator.catalog import qi
+from migrator.catalog.schema import qi
 from migrator.plan.model import TablePlan
 from migrator.sources import sqlite as src
 from migrator.sources.sqlite import FIRST, LAST

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator import ledger
 from migrator.context import RunContext
 from migrator.convert.table import Converted, TableConverter, row_json

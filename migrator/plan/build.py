@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator.plan import checks as chk
-from migrator import schema_capture
+from migrator.catalog import capture as schema_capture
 from migrator.convert import policies as convert
 from migrator.vectors import plan as vectors_plan
 from migrator.errors import MigrationError, TransientError
@@ -123,7 +123,7 @@ async def _ledger_run(conn: asyncpg.Connection) -> dict | None:
 
 def _known_catalog(plan: Plan) -> cat.Catalog | None:
     try:
-        return cat.load(plan.source_revision)
+        return cat.for_revision(plan.source_revision)
     except MigrationError as exc:
         plan.checks.append(Check("error", "revision-unknown", exc.message, exc.detail, exc.hint))
         return None
@@ -133,9 +133,9 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     """Existing mode: the live schema HridaAI made is the spec; compared with the catalog through Alembic."""
     live = await schema_capture.capture(conn, schema=plan.schema)
     if plan.source_revision in plan.known_revisions and live.revision == plan.source_revision:
-        from migrator import schema_compare  # Alembic + SQLAlchemy: 0.5 s to import, only needed here
+        from migrator.catalog import compare as schema_compare  # Alembic + SQLAlchemy: 0.5 s to import, only needed here
 
-        diffs = await schema_compare.differences(settings.target_url, cat.load(live.revision), schema=plan.schema)
+        diffs = await schema_compare.differences(settings.target_url, cat.for_revision(live.revision), schema=plan.schema)
         if diffs:
             plan.checks.append(Check("error", "schema-differs",
                                      f"the target schema differs from HridaAI's at {live.revision} in "

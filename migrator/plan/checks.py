@@ -6,7 +6,7 @@ import re
 import sqlite3
 from collections import Counter
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator.convert import policies as convert
 from migrator.plan.model import Check, Plan
 from migrator.convert.keys import dumps

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from urllib.parse import quote
 
-from migrator.catalog import qi
+from migrator.catalog.schema import qi
 from migrator.errors import PreflightError, UsageError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from migrator.catalog import OWN_SCHEMA, VECTOR_TABLE, qi
+from migrator.catalog.schema import OWN_SCHEMA, VECTOR_TABLE, qi
 from migrator.errors import PreflightError, TransientError
 from migrator.settings import mask_dsn
 

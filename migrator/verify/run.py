@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator import ledger
 from migrator.context import RunContext
 from migrator.vectors import verify as vectors_verify
@@ -236,7 +236,7 @@ async def _alembic(conn, plan: Plan, snapshot: Snapshot, report: VerifyReport) -
 
 
 async def _sequences(conn, plan: Plan, report: VerifyReport) -> None:
-    from migrator import schema_capture
+    from migrator.catalog import capture as schema_capture
 
     live = await schema_capture.capture(conn, schema=plan.schema)
     for s in live.sequences:

@@ -14,7 +14,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import AsyncIterator, Iterator, Sequence
 
-from migrator import catalog as cat
+from migrator.catalog import schema as cat
 from migrator import ledger
 from migrator.verify.checksum import TableSum, batch_digests, buckets_of
 from migrator.plan.model import TablePlan

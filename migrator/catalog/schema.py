@@ -105,7 +105,7 @@ def known_revisions() -> list[str]:
                   if p.name.endswith(".json"))
 
 
-def load(revision: str) -> Catalog:
+def for_revision(revision: str) -> Catalog:
     """The bundled catalog for `revision`; PreflightError naming the known ones otherwise."""
     path = resources.files("migrator.schemas") / f"{revision}.json"
     if not path.is_file():

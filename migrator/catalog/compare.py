@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from migrator.catalog import Catalog, Table
+from migrator.catalog.schema import Catalog, Table
 
 _SIMPLE_COLS = re.compile(r"^USING btree \((\w+(?:, \w+)*)\)$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from migrator.catalog import _INDEXDEF, OWN_SCHEMA, VECTOR_TABLE, Catalog, Column, ForeignKey, Table, qi
+from migrator.catalog.schema import _INDEXDEF, OWN_SCHEMA, VECTOR_TABLE, Catalog, Column, ForeignKey, Table, qi
 from migrator.errors import PreflightError
 
 _COLUMNS = """
