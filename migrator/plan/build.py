@@ -48,10 +48,10 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
     try:
         wrong_source = _not_hridaai(conn, plan.source_revision)
         plan.checks += [wrong_source] if wrong_source else []
-        spec = None if wrong_source else await _target_spec(settings, plan)
-        if spec is not None:
-            plan.tables = _table_plans(conn, spec, settings, measure_bytes=scan)
-            plan.checks += chk.source_checks(conn, plan, spec)
+        catalog = None if wrong_source else await _target_spec(settings, plan)
+        if catalog is not None:
+            plan.tables = _table_plans(conn, catalog, settings, measure_bytes=scan)
+            plan.checks += chk.source_checks(conn, plan, catalog)
             if scan:
                 plan.checks += chk.conversion_scan(conn, plan)
     finally:
@@ -130,7 +130,7 @@ def _known_catalog(plan: Plan) -> cat.Catalog | None:
 
 
 async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Settings) -> cat.Catalog:
-    """Existing mode: the live schema HridaAI made is the spec; compared with the catalog through Alembic."""
+    """Existing mode: the live schema HridaAI made is the catalog; compared with the catalog through Alembic."""
     live = await schema_capture.capture(conn, schema=plan.schema)
     if plan.source_revision in plan.known_revisions and live.revision == plan.source_revision:
         from migrator.catalog import compare as schema_compare  # Alembic + SQLAlchemy: 0.5 s to import, only needed here
@@ -144,13 +144,13 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     return live
 
 
-def _table_plans(conn, spec: cat.Catalog, settings: Settings, *, measure_bytes: bool = True) -> list[TablePlan]:
+def _table_plans(conn, catalog: cat.Catalog, settings: Settings, *, measure_bytes: bool = True) -> list[TablePlan]:
     plans: list[TablePlan] = []
     source_tables = set(src.tables(conn))
-    for name in sorted(source_tables | set(spec.tables)):
-        plans.append(_table_plan(conn, name, spec.tables.get(name), name in source_tables, settings,
+    for name in sorted(source_tables | set(catalog.tables)):
+        plans.append(_table_plan(conn, name, catalog.tables.get(name), name in source_tables, settings,
                                  measure_bytes=measure_bytes))
-    order = load_order(spec)
+    order = load_order(catalog)
     for t in plans:
         t.order = order.get(t.name, len(order))
     return plans
@@ -191,10 +191,10 @@ def _table_plan(conn, name: str, target: cat.Table | None, in_source: bool, sett
     return plan
 
 
-def load_order(spec: cat.Catalog) -> dict[str, int]:
+def load_order(catalog: cat.Catalog) -> dict[str, int]:
     """Topological order of tables by foreign keys (parents first; self-references ignored), ties by name."""
-    deps = {name: {fk.ref_table for fk in t.foreign_keys if fk.ref_table != name and fk.ref_table in spec.tables}
-            for name, t in spec.tables.items()}
+    deps = {name: {fk.ref_table for fk in t.foreign_keys if fk.ref_table != name and fk.ref_table in catalog.tables}
+            for name, t in catalog.tables.items()}
     order: dict[str, int] = {}
     while deps:
         ready = sorted(n for n, d in deps.items() if not d - set(order))

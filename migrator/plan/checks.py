@@ -44,7 +44,7 @@ def target_checks(state: TargetState, plan: Plan, settings: Settings) -> list[Ch
     return out
 
 
-def source_checks(conn: sqlite3.Connection, plan: Plan, spec: cat.Catalog) -> list[Check]:
+def source_checks(conn: sqlite3.Connection, plan: Plan, catalog: cat.Catalog) -> list[Check]:
     """Shape, orphans, unique conflicts and CHECK constraints, with the keys of the rows concerned (read-only)."""
     conn.create_function("pg_lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
     conn.text_factory = src.lenient_text  # keys and values may hold invalid UTF-8: show them, never fail on them
@@ -54,14 +54,14 @@ def source_checks(conn: sqlite3.Connection, plan: Plan, spec: cat.Catalog) -> li
         for t in sorted(plan.tables, key=lambda t: (t.order, t.name)):
             if t.action == "quarantine" and t.rows:
                 out.append(Check("warning", "table-not-in-target",
-                                 f"{t.name}: {t.rows} rows in a table HridaAI's schema at {spec.revision} does not "
+                                 f"{t.name}: {t.rows} rows in a table HridaAI's schema at {catalog.revision} does not "
                                  "have", hint="they are kept in hridaai_migrate.quarantine, not loaded"))
             if t.action != "load":
                 continue
             out += _shape_checks(conn, t)
             out += orphans.table(t)
-            out += _unique_checks(conn, t, spec.tables[t.name])
-            out += _check_constraints(conn, t, spec.tables[t.name])
+            out += _unique_checks(conn, t, catalog.tables[t.name])
+            out += _check_constraints(conn, t, catalog.tables[t.name])
     finally:
         conn.text_factory = str
     return out

@@ -9,11 +9,10 @@ few connections. Results are small (a 256-bucket TableSum, the row count, the sa
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from migrator.parallel import spawn_pool
 from migrator.plan.model import TablePlan
 from migrator.targets import postgres as pgt
 from migrator.verify.table import SideResult, source_side, target_sum
@@ -43,7 +42,7 @@ class Bundle:
 
 
 @dataclass(frozen=True)
-class Context:
+class Sides:
     """Where both sides are, and what every job shares."""
 
     url: str
@@ -53,21 +52,21 @@ class Context:
     sample_size: int
 
 
-def run_bundle(ctx: Context, bundle: Bundle) -> list[tuple[str, str, SideResult]]:
+def w_run_bundle(sides: Sides, bundle: Bundle) -> list[tuple[str, str, SideResult]]:
     """Measure every (side, table) of a bundle; runs in a worker process or thread."""
-    out = [(side, job.table.name, source_side(ctx.db_path, job.table, ctx.policies, job.q_keys, job.set_null,
-                                              ctx.sample_size, job.seed))
+    out = [(side, job.table.name, source_side(sides.db_path, job.table, sides.policies, job.q_keys, job.set_null,
+                                              sides.sample_size, job.seed))
            for side, job in bundle.items if side == "source"]
     targets = [job for side, job in bundle.items if side == "target"]
     if targets:
-        out += asyncio.run(_targets(ctx, targets))
+        out += asyncio.run(_targets(sides, targets))
     return out
 
 
-async def _targets(ctx: Context, jobs: list[TableJob]) -> list[tuple[str, str, SideResult]]:
-    conn = await pgt.connect(ctx.url)
+async def _targets(sides: Sides, jobs: list[TableJob]) -> list[tuple[str, str, SideResult]]:
+    conn = await pgt.connect(sides.url)
     try:
-        return [("target", job.table.name, await target_sum(conn, ctx.schema, job.table)) for job in jobs]
+        return [("target", job.table.name, await target_sum(conn, sides.schema, job.table)) for job in jobs]
     finally:
         await conn.close()
 
@@ -95,23 +94,16 @@ def bundles(jobs: list[TableJob]) -> list[Bundle]:
     return sorted(out, key=lambda b: -b.cost)
 
 
-def executor(workers: int) -> Executor:
-    """Spawned processes for several workers; one thread (no process start-up) for one."""
-    if workers <= 1:
-        return ThreadPoolExecutor(max_workers=1)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-async def measure(ctx: Context, jobs: list[TableJob], workers: int) -> dict[str, dict[str, SideResult]]:
+async def measure(sides: Sides, jobs: list[TableJob], workers: int) -> dict[str, dict[str, SideResult]]:
     """{table: {'source': SideResult, 'target': SideResult}} for every job, over `workers` workers."""
     work = bundles(jobs)
     out: dict[str, dict[str, SideResult]] = {job.table.name: {} for job in jobs}
     if not work:
         return out
     loop = asyncio.get_running_loop()
-    pool = executor(min(workers, len(work)))
+    pool = spawn_pool(min(workers, len(work)), thread_when_one=True)
     try:
-        futures = [loop.run_in_executor(pool, run_bundle, ctx, b) for b in work]
+        futures = [loop.run_in_executor(pool, w_run_bundle, sides, b) for b in work]
         for results in await asyncio.gather(*futures):
             for side, name, result in results:
                 out[name][side] = result

@@ -84,7 +84,7 @@ async def check(ctx: RunContext, *, sample_size: int = 200, seed: int | None = N
         policies = await _run_policies(conn, plan)
         tables = sorted(plan.tables, key=lambda t: t.order)
         jobs = await _jobs(conn, plan, [t for t in tables if t.action == "load"], rng)
-        where = pool.Context(url, plan.schema, snapshot.db_path, policies, sample_size)
+        where = pool.Sides(url, plan.schema, snapshot.db_path, policies, sample_size)
         sides = await pool.measure(where, list(jobs.values()), settings.jobs)
         samples: list[tuple[TablePlan, str, tuple]] = []
         for t in tables:
@@ -115,7 +115,7 @@ async def _jobs(conn, plan: Plan, tables: list[TablePlan], rng: random.Random) -
                                   rng.getrandbits(64), sizes.get(t.name, 0)) for t in tables}
 
 
-async def _table(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, sides: dict, report: VerifyReport):
+async def _table(conn, where: pool.Sides, plan: Plan, job: pool.TableJob, sides: dict, report: VerifyReport):
     """Compare the two sides' counts and checksums; localise differences to keys; the table's sample rows."""
     t, q_keys = job.table, job.q_keys
     source, target = sides["source"], sides["target"]
@@ -133,7 +133,7 @@ async def _table(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, sides:
     diff = src_sum.differing_buckets(tgt_sum)
     if diff:
         entry["match"] = False
-        entry.update(await _localise(conn, ctx, plan, job, diff, report))
+        entry.update(await _localise(conn, where, plan, job, diff, report))
     report.tables[t.name] = entry
     return [(t, key, values) for key, values in source.sample]
 
@@ -147,12 +147,12 @@ async def _quarantined_table(conn, t: TablePlan, report: VerifyReport) -> None:
         report.problems.append(f"{t.name}: {t.rows} source rows, {n} in quarantine")
 
 
-async def _localise(conn, ctx: pool.Context, plan: Plan, job: pool.TableJob, buckets: set[int], report) -> dict:
+async def _localise(conn, where: pool.Sides, plan: Plan, job: pool.TableJob, buckets: set[int], report) -> dict:
     """Second pass over the differing buckets only: which keys are missing, extra or changed."""
     t = job.table
-    conv = TableConverter(t, ctx.policies)
+    conv = TableConverter(t, where.policies)
     src_map: dict[str, int] = {}
-    lite = src.connect(ctx.db_path, immutable=True)
+    lite = src.connect(where.db_path, immutable=True)
     try:
         for batch in vt.source_batches(lite, t, conv, job.set_null):
             src_map.update(_in_buckets(batch, buckets, job.q_keys))
