@@ -70,7 +70,8 @@ def prepare_records(pages: list, dimension: int) -> tuple[list[list[tuple]], int
     """Batches of COPY records as migrate builds them (padded float32 Vector, vmetadata as JSON text)."""
     from pgvector import Vector
 
-    from migrator.targets import pgvector as pgv
+    from migrator.convert import vectors as chunk_values
+    from migrator.convert.policies import Context
 
     batches, n = [], 0
     for name, got in pages:
@@ -79,7 +80,7 @@ def prepare_records(pages: list, dimension: int) -> tuple[list[list[tuple]], int
             vec = np.zeros(dimension, dtype=np.float32)
             e = np.asarray(emb, dtype=np.float32)
             vec[: e.shape[0]] = e
-            batch.append((cid, Vector(vec), name, doc, pgv.to_vmetadata(meta)[0]))
+            batch.append((cid, Vector(vec), name, doc, chunk_values.vmetadata(meta, Context(chunk_values.KEEP))))
         n += len(batch)
         batches.append(batch)
     return batches, n

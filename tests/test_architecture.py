@@ -137,6 +137,7 @@ FORBIDDEN = [
     ("migrator.catalog", "migrator.vectors", "the schema catalog is read by the stages, not the reverse"),
     ("migrator.catalog", "migrator.snapshot", "the schema catalog is read by the stages, not the reverse"),
     ("migrator.targets", "migrator.plan", "targets know nothing of the stages"),
+    ("migrator.targets", "migrator.convert", "values reach a target already converted"),
     ("migrator.targets", "migrator.load", "targets know nothing of the stages"),
     ("migrator.targets", "migrator.verify", "targets know nothing of the stages"),
     ("migrator.targets", "migrator.vectors", "targets know nothing of the stages"),

@@ -21,6 +21,8 @@ asyncpg = pytest.importorskip("asyncpg")
 from pgvector import HalfVector  # noqa: E402
 from pgvector.asyncpg import register_vector  # noqa: E402
 
+from migrator.convert import vectors as chunk_values  # noqa: E402
+from migrator.convert.policies import Context, resolve_actions  # noqa: E402
 from migrator.errors import PreflightError  # noqa: E402
 from migrator.targets import pgvector as pgv  # noqa: E402
 
@@ -57,7 +59,7 @@ def _rows(n, dim, table_dim, *, seed=0, collection="file-x"):
     rng = np.random.default_rng(seed)
     src = rng.standard_normal((n, dim)).astype(np.float32)
     rows = [(f"id-{i}", pgv.pad(src[i], table_dim), collection, f"chunk {i} text",
-             pgv.to_vmetadata({"start_index": i, "name": "a.pdf"})[0]) for i in range(n)]
+             json.dumps({"start_index": i, "name": "a.pdf"})) for i in range(n)]
     return src, rows
 
 
@@ -90,30 +92,6 @@ def test_pad_refuses_longer_and_non_finite():
         pgv.pad(np.ones(4), 3)
     with pytest.raises(ValueError, match="NaN"):
         pgv.pad([1.0, float("nan")], 4)
-
-
-_scalar = st.one_of(st.text(), st.integers(-(2**63), 2**63 - 1),
-                    st.floats(allow_nan=False, allow_infinity=False), st.booleans())
-
-
-@given(st.dictionaries(st.text(), _scalar))
-def test_to_vmetadata_round_trip(meta):
-    text, changed = pgv.to_vmetadata(meta)
-    back = json.loads(text)
-    cleaned = {pgv.clean_text(k)[0]: (pgv.clean_text(v)[0] if isinstance(v, str) else v)
-               for k, v in meta.items()}
-    assert back == cleaned
-    assert all(type(back[k]) is type(v) for k, v in cleaned.items())
-    dirty = sum(pgv.clean_text(x)[1] for kv in meta.items() for x in kv if isinstance(x, str))
-    assert changed == dirty
-    assert "\\u0000" not in text and "\x00" not in text
-
-
-def test_to_vmetadata_policies():
-    assert pgv.to_vmetadata(None) == (None, 0)
-    assert pgv.to_vmetadata({}) == ("{}", 0)
-    text, changed = pgv.to_vmetadata({"a\x00": "x\x00y\ud800", "n": float("nan"), "ok": True})
-    assert json.loads(text) == {"a": "xy", "n": None, "ok": True} and changed == 3
 
 
 def test_spec_defaults_follow_hridaai():
@@ -192,7 +170,8 @@ def test_existing_table_none_and_mismatch(db):
 def test_copy_pads_and_round_trips_exactly(db):
     spec = pgv.VectorTableSpec()
     src, rows = _rows(300, 384, spec.dimension)
-    rows[5] = (rows[5][0], rows[5][1], rows[5][2], "nul\x00in text", rows[5][4])
+    ctx = Context(resolve_actions({}))
+    rows[5] = (rows[5][0], rows[5][1], rows[5][2], chunk_values.text("nul\x00in text", ctx), rows[5][4])
     rows[6] = (rows[6][0], rows[6][1], rows[6][2], None, None)
 
     async def go(conn):
@@ -203,7 +182,7 @@ def test_copy_pads_and_round_trips_exactly(db):
         return result, {r["id"]: r for r in back}
 
     result, back = db(go)
-    assert result == pgv.CopyResult(rows=300, texts_cleaned=1)
+    assert result == 300 and [(f.column, f.policy, f.action) for f in ctx.fixups] == [("text", "nul_in_text", "strip")]
     for i in range(300):
         vec = back[f"id-{i}"]["vector"].to_numpy()
         assert vec.shape == (1536,) and np.array_equal(vec[:384], src[i]) and not vec[384:].any()
@@ -215,7 +194,8 @@ def test_copy_pads_and_round_trips_exactly(db):
 def test_vmetadata_survives_jsonb(db):
     meta = {"s": "ünï ✓ 'q' \"dq\"", "i": 2**62, "f": 0.1, "neg": -3.5e-7, "b": False,
             "repr": "{'engine': '', 'model': 'x'}", "nul": "a\x00b"}
-    text, changed = pgv.to_vmetadata(meta)
+    ctx = Context(resolve_actions({}))
+    text = chunk_values.vmetadata(meta, ctx)
 
     async def go(conn):
         await _setup(conn, pgv.VectorTableSpec(dimension=3))
@@ -225,7 +205,8 @@ def test_vmetadata_survives_jsonb(db):
             "SELECT vmetadata ->> 'b' FROM document_chunk")
 
     stored, b_text = db(go)
-    assert json.loads(stored) == {**meta, "nul": "ab"} and changed == 1
+    assert json.loads(stored) == {**meta, "nul": "ab"}
+    assert [(f.column, f.policy) for f in ctx.fixups] == [("vmetadata", "nul_in_text")]
     assert b_text == "false"  # why HridaAI's str(False) filters never match (§5)
 
 
@@ -328,8 +309,8 @@ def test_real_fixture_end_to_end(db, tmp_path):
         for batch in chroma.iter_batches(store, info.name, batch_size=100):
             for c in batch.chunks:
                 source[c.id] = c.embedding
-                rows.append((c.id, pgv.pad(c.embedding, spec.dimension), info.name, c.document,
-                             pgv.to_vmetadata(c.metadata)[0]))
+                rows.append((c.id, pgv.pad(c.embedding, spec.dimension), info.name,
+                             *chunk_values.loaded_values(c)))
 
     async def go(conn):
         await _setup(conn, spec)
@@ -344,7 +325,7 @@ def test_real_fixture_end_to_end(db, tmp_path):
         return result, back, probe, hit
 
     result, back, probe, hit = db(go)
-    assert result.rows == len(source) == 662
+    assert result == len(source) == 662
     assert all(np.array_equal(back[i][:384], v) and not back[i][384:].any()
                for i, v in source.items())
     assert hit["id"] == probe and abs(hit["d"]) < 1e-6

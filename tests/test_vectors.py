@@ -179,13 +179,15 @@ def test_verify_finds_a_changed_vector_text_and_a_missing_chunk(target_url, tmp_
 
 
 def test_verify_bundles_bound_each_worker():
+    from migrator.sources.chroma.client import CollectionInfo
     from migrator.vectors.verify import BUNDLE_CHUNKS, _bundles
 
-    infos = [{"name": f"c{i}", "count": n} for i, n in enumerate([BUNDLE_CHUNKS * 2, 10, BUNDLE_CHUNKS - 5, 3, 7])]
+    infos = [CollectionInfo(f"c{i}", f"id{i}", n, 384, "cosine")
+             for i, n in enumerate([BUNDLE_CHUNKS * 2, 10, BUNDLE_CHUNKS - 5, 3, 7])]
     got = _bundles(infos)
-    assert [[i["name"] for i in b] for b in got] == [["c0"], ["c2"], ["c1", "c4", "c3"]]
-    assert sorted(i["name"] for b in got for i in b) == sorted(i["name"] for i in infos)
-    assert all(len(b) == 1 or sum(i["count"] for i in b) <= BUNDLE_CHUNKS for b in got)
+    assert [[i.name for i in b] for b in got] == [["c0"], ["c2"], ["c1", "c4", "c3"]]
+    assert sorted(i.name for b in got for i in b) == sorted(i.name for i in infos)
+    assert all(len(b) == 1 or sum(i.count for i in b) <= BUNDLE_CHUNKS for b in got)
 
 
 def test_verify_budget_bounds_the_workers_together():

@@ -19,6 +19,8 @@ POLICIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "nul_in_text": ("strip", ("strip", "reject"), "raw NUL (0x00) in text: PostgreSQL cannot store it"),
     "json_nul_escape": ("strip", ("strip", "reject"), "\\u0000 escape in json: breaks every ->> on the row"),
     "json_lone_surrogate": ("strip", ("strip", "reject"), "escaped lone UTF-16 surrogate: PostgreSQL rejects it"),
+    "lone_surrogate_in_text": ("strip", ("strip", "reject"),
+                               "lone UTF-16 surrogate in a string (it has no UTF-8 form): PostgreSQL cannot store it"),
     "json_nan": ("null", ("null", "reject"), "NaN/Infinity in JSON: PostgreSQL rejects it"),
     "invalid_json": ("reject", ("reject", "wrap", "null"), "text that is not JSON in a json column"),
     "invalid_utf8": ("replace", ("replace", "reject"), "bytes that are not UTF-8 in text"),

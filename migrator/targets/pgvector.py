@@ -9,9 +9,7 @@ ivfflat index trained on an empty table is useless.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import struct
 import weakref
@@ -33,7 +31,6 @@ TEXT_INDEX = "idx_document_chunk_text_search"
 MAX_INDEXED_VECTOR_DIM = 2000  # pgvector cannot index vector(N) above this; HridaAI refuses it
 HALFVEC_MIN_VERSION = (0, 7, 0)
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
 _registered: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
@@ -90,15 +87,7 @@ class IndexResult:
     detail: str
 
 
-@dataclass(frozen=True)
-class CopyResult:
-    """Outcome of copy_chunks: rows written and texts changed to fit PostgreSQL text."""
-
-    rows: int
-    texts_cleaned: int
-
-
-# --- value conversion ---------------------------------------------------------------------
+# --- vectors ------------------------------------------------------------------------------
 
 
 NOT_FINITE = "vector holds NaN or infinity, which pgvector rejects"
@@ -127,44 +116,6 @@ def pad(embedding: Any, dimension: int) -> np.ndarray:
     out = np.zeros(dimension, dtype=np.float32)
     out[: vec.shape[0]] = vec
     return out
-
-
-def clean_text(value: str | None) -> tuple[str | None, bool]:
-    """Strip NUL and lone surrogates (PostgreSQL text/jsonb cannot hold them); say if it changed."""
-    if value is None:
-        return None, False
-    if "\x00" not in value and (value.isascii() or _SURROGATES.search(value) is None):
-        return value, False  # the common case: one C scan, no copy
-    cleaned = _SURROGATES.sub("", value.replace("\x00", ""))
-    return cleaned, cleaned != value
-
-
-def _clean_value(value: Any) -> tuple[Any, bool]:
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, True  # JSON has no NaN/Infinity and jsonb refuses them
-    return value, False
-
-
-def to_vmetadata(metadata: dict[str, Any] | None) -> tuple[str | None, int]:
-    """Return (JSON text for the jsonb ``vmetadata`` column, number of keys/values changed).
-
-    Chroma metadata values are scalars (HridaAI's process_metadata stored lists and dicts as
-    repr strings already), so they are kept as they are, except: NUL and lone surrogates are
-    stripped from strings and keys, and non-finite floats become null.  The count lets the
-    caller report these changes under a named policy.
-    """
-    if metadata is None:
-        return None, 0
-    out: dict[str, Any] = {}
-    changed = 0
-    for key, value in metadata.items():
-        new_key, key_changed = clean_text(str(key))
-        new_value, value_changed = _clean_value(value)
-        out[new_key] = new_value
-        changed += key_changed + value_changed
-    return json.dumps(out, ensure_ascii=False, allow_nan=False), changed
 
 
 # --- DDL ----------------------------------------------------------------------------------
@@ -372,31 +323,28 @@ def encode_vectors(embeddings: Sequence[np.ndarray], spec: VectorTableSpec) -> l
 
 
 async def copy_encoded(conn: Any, records: list[tuple]) -> None:
-    """COPY records of (id, encoded vector, collection_name, text, vmetadata) made with encode_vectors and
-    clean_text/to_vmetadata, through a connection set up with register_encoded."""
+    """COPY records of (id, encoded vector, collection_name, text, vmetadata) made with encode_vectors (text and
+    vmetadata as migrator.convert.vectors makes them), through a connection set up with register_encoded."""
     if records:
         await conn.copy_records_to_table(TABLE, records=records, columns=list(COLUMNS))
 
 
-async def copy_chunks(
-    conn: Any, rows: Iterable[Sequence[Any]], *, spec: VectorTableSpec
-) -> CopyResult:
+async def copy_chunks(conn: Any, rows: Iterable[Sequence[Any]], *, spec: VectorTableSpec) -> int:
     """COPY ``rows`` of (id, vector, collection_name, text, vmetadata_json) into the table, the way the load does
-    (encode_vectors: zero-padded to the table dimension, pgvector's binary form; copy_encoded). NUL and lone
-    surrogates are stripped from ``text``; the number of texts changed is returned. ValueError (pad()'s words) for
-    a vector that cannot be stored. Run it inside the caller's transaction to make a batch and its ledger row
-    atomic; `conn` keeps the bytes codec for vector/halfvec afterwards (register_vector to read them as vectors)."""
+    (encode_vectors: zero-padded to the table dimension, pgvector's binary form; copy_encoded); return the rows
+    written. Text and metadata go as given (convert them with migrator.convert.vectors first: PostgreSQL refuses
+    a NUL). ValueError (pad()'s words) for a vector that cannot be stored. Run it inside the caller's transaction
+    to make a batch and its ledger row atomic; `conn` keeps the bytes codec for vector/halfvec afterwards
+    (register_vector to read them as vectors)."""
     rows = [tuple(r) for r in rows]
     encoded = iter(encode_vectors([np.asarray(r[1], dtype=np.float32).reshape(-1) for r in rows
                                    if r[1] is not None], spec))
-    records, cleaned = [], 0
+    records = []
     for chunk_id, vec, collection_name, text, vmetadata in rows:
         value = None if vec is None else next(encoded)
         if isinstance(value, str):
             raise ValueError(f"chunk {chunk_id}: {value}")
-        text, changed = clean_text(text)
-        cleaned += changed
         records.append((chunk_id, value, collection_name, text, vmetadata))
     await register_encoded(conn)
     await copy_encoded(conn, records)
-    return CopyResult(rows=len(records), texts_cleaned=cleaned)
+    return len(records)

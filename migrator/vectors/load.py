@@ -15,6 +15,7 @@ from migrator.vectors import source as vectors_source
 from migrator.parallel import run_all
 from migrator.errors import PreflightError, TransientError
 from migrator.context import RunContext
+from migrator.convert.vectors import ChunkConverter
 from migrator.sources.chroma.client import CollectionInfo
 from migrator.targets import pgvector as pgv
 from migrator.targets import postgres as pgt
@@ -152,7 +153,7 @@ async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, in
 
     def produce():
         batch = next(batches, None)
-        return None if batch is None else (batch, _convert(name, batch.chunks, collisions, spec))
+        return None if batch is None else (batch, _convert(name, batch.chunks, collisions, spec, ctx.plan.policies))
 
     pending = asyncio.ensure_future(asyncio.to_thread(produce))
     try:
@@ -177,44 +178,22 @@ async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, in
     ctx.progress.event("vectors", unit=unit, read_by=source.read_by.get(name, "chromadb"))
 
 
-def _convert(name: str, chunks, collisions: dict, spec) -> tuple[list, list, list]:
-    """COPY records (vectors encoded per batch), quarantine rows and fixups of one batch."""
-    quarantine, fixups, keep = [], [], []
+def _convert(name: str, chunks, collisions: dict, spec, actions: dict[str, str]) -> tuple[list, list, list]:
+    """COPY records (vectors encoded per batch), quarantine rows and fixups of one batch; text and metadata
+    converted under the run's policies (`actions`: plan.policies)."""
+    conv = ChunkConverter(actions)
+    keep = []
     for c in chunks:
         if c.id in collisions:
-            quarantine.append((_key(c), f"chunk id also in collection {collisions[c.id]}", "chunk_id_collision",
-                               "id", str(_RawJson(c))))
+            conv.reject(c, f"chunk id also in collection {collisions[c.id]}", "chunk_id_collision", "id")
         elif c.embedding is None:
-            quarantine.append((_key(c), "no vector in the Chroma store for this chunk", "missing_vector", "vector",
-                               str(_RawJson(c))))
+            conv.reject(c, "no vector in the Chroma store for this chunk", "missing_vector", "vector")
         else:
             keep.append(c)
     records = []
     for c, vec in zip(keep, pgv.encode_vectors([c.embedding for c in keep], spec)):
         if isinstance(vec, str):
-            quarantine.append((_key(c), vec, "vector_invalid", "vector", str(_RawJson(c))))
-            continue
-        text, text_changed = pgv.clean_text(c.document)
-        meta, meta_changed = pgv.to_vmetadata(c.metadata)
-        if text_changed:
-            fixups.append((_key(c), "text", "nul_in_text", "strip", ledger.dumps(c.document)))
-        if meta_changed:
-            fixups.append((_key(c), "vmetadata", "nul_in_text", "strip", ledger.dumps(c.metadata)))
-        records.append((c.id, vec, name, text, meta))
-    return records, quarantine, fixups
-
-
-def _key(chunk) -> str:
-    return ledger.dumps([chunk.id])
-
-
-class _RawJson:
-    """The full chunk as ASCII JSON for the quarantine table, built on demand."""
-
-    def __init__(self, chunk) -> None:
-        self.chunk = chunk
-
-    def __str__(self) -> str:
-        c = self.chunk
-        return ledger.dumps({"id": c.id, "document": c.document, "metadata": c.metadata,
-                             "embedding": None if c.embedding is None else [float(x) for x in c.embedding]})
+            conv.reject(c, vec, "vector_invalid", "vector")
+        elif (values := conv.values(c)) is not None:
+            records.append((c.id, vec, name, *values))
+    return records, conv.quarantine, conv.fixups
