@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import json
 import random
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,15 +59,15 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     infos = plan.vectors.collections
     work = _bundles(infos)
     loop = asyncio.get_running_loop()
-    results: dict[str, tuple] = {}
+    results: dict[str, Found] = {}
     workers = max(1, min(settings.jobs, len(work) or 1))
     gate = _Budget(workers, BUDGET_CHUNKS)
     with spawn_pool(workers, max_tasks_per_child=1) as pool:
-        async def run(bundle: list[CollectionInfo]) -> dict[str, tuple]:
+        async def run(bundle: list[CollectionInfo]) -> dict[str, Found]:
             async with gate.taken(sum(i.count for i in bundle)):
-                return await loop.run_in_executor(
-                    pool, w_run_bundle, settings, snapshot, plan.vectors.spec, bundle, counts,
-                    {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed)
+                job = BundleJob(settings, snapshot, plan.vectors.spec, bundle, counts,
+                                {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed)
+                return await loop.run_in_executor(pool, w_run_bundle, job)
 
         done = await asyncio.gather(*(run(bundle) for bundle in work))
     for part in done:
@@ -74,12 +75,12 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
     recalls_all: list[float] = []
     for info in infos:  # the report in plan order, whatever finished first
-        entry, problems, stats, recalls = results[info.name]
-        out["collections"][info.name] = entry
-        out["problems"] += problems
-        out["self_retrieval"]["queries"] += stats["queries"]
-        out["self_retrieval"]["hits"] += stats["hits"]
-        recalls_all += recalls
+        found = results[info.name]
+        out["collections"][info.name] = found.entry
+        out["problems"] += found.problems
+        out["self_retrieval"]["queries"] += found.queries
+        out["self_retrieval"]["hits"] += found.hits
+        recalls_all += found.recalls
     extra = set(counts) - {c.name for c in infos}
     if extra:
         out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
@@ -128,28 +129,47 @@ def _bundles(infos: list[CollectionInfo]) -> list[list[CollectionInfo]]:
     return out + ([current] if current else [])
 
 
-def w_run_bundle(settings: Settings, snapshot: Snapshot, spec: pgv.VectorTableSpec, bundle: list[CollectionInfo],
-                 counts: dict, quarantined: dict, seed: int | None) -> dict[str, tuple]:
+@dataclass(frozen=True)
+class BundleJob:
+    """What a verify worker needs for one bundle of collections (sent to it by pickle)."""
+
+    settings: Settings
+    snapshot: Snapshot
+    spec: pgv.VectorTableSpec
+    collections: list[CollectionInfo]
+    counts: dict[str, int]  # collection -> rows in document_chunk
+    quarantined: dict[str, dict[str, str]]  # unit -> {chunk id -> policy}
+    seed: int | None
+
+
+@dataclass
+class Found:
+    """What the checks of one collection found: its report entry, problems, and the search figures."""
+
+    entry: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    queries: int = 0
+    hits: int = 0
+    recalls: list[float] = field(default_factory=list)
+
+
+def w_run_bundle(job: BundleJob) -> dict[str, Found]:
     """In a worker process: compare the collections of one bundle."""
-    return asyncio.run(_bundle(settings, snapshot, spec, bundle, counts, quarantined, seed))
+    return asyncio.run(_bundle(job))
 
 
-async def _bundle(settings: Settings, snapshot: Snapshot, spec: pgv.VectorTableSpec, bundle: list[CollectionInfo],
-                  counts: dict, quarantined: dict, seed: int | None) -> dict[str, tuple]:
-    client = vectors_source.client(settings, snapshot)
-    salt = f"{random.random() if seed is None else seed}:"  # which chunks are drawn: repeatable with --seed
-    conn = await pgt.connect(settings.pgvector_url)
-    out: dict[str, tuple] = {}
+async def _bundle(job: BundleJob) -> dict[str, Found]:
+    client = vectors_source.client(job.settings, job.snapshot)
+    salt = f"{random.random() if job.seed is None else job.seed}:"  # which chunks are drawn: repeatable with --seed
+    conn = await pgt.connect(job.settings.pgvector_url)
+    out: dict[str, Found] = {}
     try:
         await pgv.register(conn)
-        for info in bundle:
-            problems: list[str] = []
-            stats = {"queries": 0, "hits": 0}
-            recalls: list[float] = []
+        for info in job.collections:
+            found = out[info.name] = Found()
             sample = await _Sample.drawn(conn, info.name, salt)
-            entry = await _compare_collection(conn, client, info, spec, counts, quarantined, problems, sample)
-            entry.update(await _search(conn, info, spec, stats, problems, recalls, sample))
-            out[info.name] = (entry, problems, stats, recalls)
+            found.entry = await _compare_collection(conn, client, job, info, found, sample)
+            found.entry.update(await _search(conn, job.spec, info, found, sample))
     finally:
         await pgt.close_quietly(conn)
     return out
@@ -198,11 +218,11 @@ class _Sample:
             del best[limit:]
 
 
-async def _compare_collection(conn, client, info: CollectionInfo, spec, counts: dict, quarantined: dict, problems: list,
-                      sample: _Sample) -> dict:
+async def _compare_collection(conn, client, job: BundleJob, info: CollectionInfo, found: Found,
+                              sample: _Sample) -> dict:
     """Every chunk compared; the sampled loaded chunks are kept in `sample` for the search checks."""
-    name = info.name
-    q = quarantined.get(unit_of(name), {})
+    name, spec, problems = info.name, job.spec, found.problems
+    q = job.quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
     batches = chroma.iter_batches_client(client, name, batch_size=BATCH)
@@ -217,7 +237,7 @@ async def _compare_collection(conn, client, info: CollectionInfo, spec, counts: 
             "WHERE id = ANY($1::text[])", [c.id for c in wanted])}
         bad += [c.id for c in wanted if not _same(c, rows.get(c.id), name, spec)]
         sample.offer([c.id for c in wanted], [c.embedding for c in wanted])
-    target = counts.get(name, 0)
+    target = job.counts.get(name, 0)
     missing = [cid for cid, policy in q.items() if policy == "missing_vector"]
     ok = not bad and source == target + len(q)
     if bad:
@@ -259,8 +279,7 @@ def _same(chunk, row, name: str, spec) -> bool:
     return (json.loads(row["meta"]) if row["meta"] else None) == (json.loads(meta) if meta else None)
 
 
-async def _search(conn, info: CollectionInfo, spec, stats: dict, problems: list, recalls: list,
-                  sample: _Sample) -> dict:
+async def _search(conn, spec: pgv.VectorTableSpec, info: CollectionInfo, found: Found, sample: _Sample) -> dict:
     """Self-retrieval (the chunk's vector finds that chunk first, at distance ~0, as HridaAI searches) and recall@10
     against the exact scan of the snapshot's vectors made while they streamed by."""
     name = info.name
@@ -275,11 +294,11 @@ async def _search(conn, info: CollectionInfo, spec, stats: dict, problems: list,
         kth = best[want - 1][0] if want else 0.0
         allowed = {cid for d, cid in best if d <= kth + 1e-6}
         local.append(sum(r["id"] in allowed for r in rows) / want if want else 1.0)
-    stats["queries"] += len(sample.ids)
-    stats["hits"] += hits
+    found.queries += len(sample.ids)
+    found.hits += hits
     if hits < len(sample.ids):
-        problems.append(f"collection {name}: self-retrieval {hits}/{len(sample.ids)}")
-    recalls += local
+        found.problems.append(f"collection {name}: self-retrieval {hits}/{len(sample.ids)}")
+    found.recalls += local
     return {"self_retrieval": f"{hits}/{len(sample.ids)}", "recall_at_10": round(float(np.mean(local)), 4)}
 
 
