@@ -172,7 +172,7 @@ def test_order_is_deterministic_and_start_resumes(built, tmp_path):
     ids_a = [c.id for c in _all_chunks(a, BIG, batch_size=250)]
     assert ids_a == [c.id for c in _all_chunks(a, BIG, batch_size=1000)]
     assert ids_a == [c.id for c in _all_chunks(b, BIG, batch_size=77)]  # other client, same order
-    code = ("import sys; from migrator.sources import chroma; print(' '.join(c.id for b in "
+    code = ("import sys; from migrator.sources.chroma import client as chroma; print(' '.join(c.id for b in "
             f"chroma.iter_batches(sys.argv[1], {BIG!r}, batch_size=500) for c in b.chunks))")
     out = subprocess.run([sys.executable, "-c", code, str(b)], check=True, capture_output=True,
                          text=True, cwd=Path(chroma.__file__).parents[2]).stdout

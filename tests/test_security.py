@@ -106,9 +106,9 @@ def test_every_chromadb_client_has_telemetry_off():
     from migrator.sources.chroma import client as chroma
 
     calls = _chromadb_client_calls()
-    assert len(calls) >= 3  # PersistentClient and HttpClient in sources/chroma.py, the version probe
+    assert len(calls) >= 3  # PersistentClient and HttpClient in sources/chroma/client.py, the version probe
     assert all("settings" in keywords for _, _, keywords in calls), calls
     assert chroma._settings().anonymized_telemetry is False
-    for name in ("chroma.py", "chroma_files.py"):
-        text = (ROOT / "migrator" / "sources" / name).read_text()
+    for name in ("client.py", "store.py"):
+        text = (ROOT / "migrator" / "sources" / "chroma" / name).read_text()
         assert "settings=_settings()" in text or "anonymized_telemetry=False" in text, name
