@@ -5,8 +5,7 @@ import argparse
 import asyncio
 import json
 
-from bench import __main__ as bench_main
-from bench import harness, vectors
+from bench import __main__ as bench_main, harness, vectors
 
 COMMON = ["--seed", "2", "--connections", "3", "--verify", "all", "--no-baselines", "--no-migrate",
           "--migrate-cmd", "m --x", "--target", "postgresql://h/postgres", "--keep"]

@@ -13,9 +13,9 @@ from migrator import embedded, ledger, snapshot as snap, workdir
 from migrator.catalog import schema as catalog
 from migrator.context import RunContext, StopFlag
 from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed
-from migrator.progress import Progress, choose
 from migrator.load import run as load
 from migrator.plan import build as plan_stage
+from migrator.progress import Progress, choose
 from migrator.settings import Settings
 from migrator.verify import run as verify_stage
 

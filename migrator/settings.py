@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from migrator.dsn import MASK, compose, mask_dsn, normalise_pg_url  # noqa: F401  (re-exported)
 from migrator.convert.policies import resolve_actions
+from migrator.dsn import MASK, compose, mask_dsn, normalise_pg_url  # noqa: F401  (re-exported)
 from migrator.errors import UsageError
 
 DEFAULT_WORK_DIR = "hridaai-migrate-work"

@@ -24,8 +24,8 @@ from pathlib import Path
 from migrator import __version__, access
 from migrator.errors import PreflightError, UsageError, work_dir_error
 from migrator.settings import Settings
-from migrator.workdir import ensure_private_dir, private_tree, write_json
 from migrator.sources import sqlite as src
+from migrator.workdir import ensure_private_dir, private_tree, write_json
 
 FORMAT_VERSION = 1
 SNAPSHOT_DIR = "snapshot"

@@ -34,9 +34,9 @@ def pg_admin_url(tmp_path_factory) -> str:
         SECRETS.update({password, unquote(password)} if password else set())
         yield os.environ["TEST_DATABASE_URL"]
         return
-    import pgserver
-
     import tempfile
+
+    import pgserver
 
     # not under pytest's basetemp: concurrent pytest runs rotate (delete) old basetemps, server and all
     pgdata = Path(tempfile.mkdtemp(prefix="hridaai-migrate-test-pg-"))

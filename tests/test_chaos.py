@@ -163,7 +163,7 @@ def _simulated_enospc(tmp_path) -> None:
     import errno
     from unittest import mock
 
-    from migrator import snapshot, settings as settings_mod
+    from migrator import settings as settings_mod, snapshot
     from migrator.errors import WorkDirError
 
     settings = settings_mod.build({"data_dir": str(SMALL), "work_dir": str(tmp_path / "w"), "policies": {}})

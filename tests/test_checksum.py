@@ -7,8 +7,8 @@ import datetime as dt
 import itertools
 import random
 
-from migrator.verify import checksum as ck
 from migrator import ledger
+from migrator.verify import checksum as ck
 from migrator.verify.table import fast_keys
 
 VALUES = ["ab", "", "é\ud800", None, 0, 1, -7, 10 ** 30, ck.INT64 - 1, -ck.INT64, ck.INT64, True, False, 1.0,

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from migrator.sources.chroma import client as chroma
-from migrator.sources.chroma import direct as chroma_direct
+from migrator.sources.chroma import client as chroma, direct as chroma_direct
 from migrator.sources.chroma.client import Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,8 +258,8 @@ def test_catalog_describes_generated_store_like_chromadb(generated: Path, tmp_pa
 
 
 def _assert_catalog_equal(store_dir: Path) -> None:
-    from migrator.vectors import source as vectors_source
     from migrator.sources.chroma import collections as chroma_catalog
+    from migrator.vectors import source as vectors_source
 
     direct = chroma_direct.open_store(store_dir)
     assert direct is not None

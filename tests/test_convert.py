@@ -10,8 +10,7 @@ import re
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from migrator.convert import policies as convert
-from migrator.convert import values as convert_values
+from migrator.convert import policies as convert, values as convert_values
 from migrator.convert.policies import Context, RowRejected
 from migrator.convert.values import converter_for
 
@@ -280,8 +279,8 @@ def test_aware_and_out_of_range_timestamps_are_policies_not_crashes():
 
 def test_invalid_json_kept_by_policy_is_validated_up_front():
     """With invalid_json=wrap|null the load and verify must agree without the server's help: validated every time."""
-    from migrator.plan.model import ColumnPlan, TablePlan
     from migrator.convert.table import TableConverter
+    from migrator.plan.model import ColumnPlan, TablePlan
 
     table = TablePlan("memory", "load", key=["id"], columns=[
         ColumnPlan("id", "TEXT", "text", False), ColumnPlan("meta", "JSON", "json", True),
@@ -306,8 +305,8 @@ def test_invalid_json_kept_by_policy_is_validated_up_front():
 @settings(max_examples=150, deadline=None)
 def test_batch_conversion_equals_value_by_value(pg_type, values):
     """The batch path (column proofs that skip per-value work) never changes a result or a count."""
-    from migrator.plan.model import ColumnPlan, TablePlan
     from migrator.convert.table import TableConverter
+    from migrator.plan.model import ColumnPlan, TablePlan
 
     table = TablePlan("t", "load", key=["id"], columns=[ColumnPlan("id", "TEXT", "text", False),
                                                          ColumnPlan("c", "X", pg_type, True)])

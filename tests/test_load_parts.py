@@ -10,9 +10,9 @@ import sqlite3
 import time
 
 import pytest
-from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 from test_resume import _no_duplicates, _start
 
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli
 from migrator.load import split as load_parts
 from migrator.plan.model import TablePlan
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 asyncpg = pytest.importorskip("asyncpg")
 from pgvector import HalfVector  # noqa: E402
@@ -25,7 +24,6 @@ from migrator.convert import vectors as chunk_values  # noqa: E402
 from migrator.convert.policies import Context, resolve_actions  # noqa: E402
 from migrator.errors import PreflightError  # noqa: E402
 from migrator.targets import pgvector as pgv  # noqa: E402
-
 
 
 def _find(*candidates: Path) -> Path | None:

@@ -8,8 +8,9 @@ import shutil
 import sqlite3
 import subprocess
 
-from conftest import SMALL, query, run_cli
 from test_schema import PG_DUMP, REFERENCE
+
+from conftest import SMALL, query, run_cli
 
 OLD_REVISION = "d4c1a8e37b62"  # HridaAI 0.11.1; 0.12.0/0.12.1 added the revisions after it
 ADDED_TABLES = ["skill_history", "model_history", "tool_history", "function_history", "app"]

@@ -13,9 +13,9 @@ import uuid
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from test_convert import KINDS, any_sqlite_value, convert_like_a_load
 
 from conftest import _with_db
-from test_convert import KINDS, any_sqlite_value, convert_like_a_load
 
 
 @pytest.fixture(scope="module")

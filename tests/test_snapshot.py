@@ -7,7 +7,6 @@ import shutil
 import sqlite3
 
 from conftest import SMALL
-
 from migrator import snapshot
 
 

@@ -15,9 +15,9 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+from test_vectors import args, data_dir_with
 
 from conftest import query, run_cli
-from test_vectors import args, data_dir_with
 
 COLLECTION = "file-a"
 UNIT = f"vector:{COLLECTION}"

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrator.convert import policies as convert
-from migrator.convert import values as convert_values
-from migrator.convert import fastpath
+from migrator.convert import fastpath, policies as convert, values as convert_values
 from migrator.convert.keys import dumps
 from migrator.plan.model import TablePlan
 

@@ -13,8 +13,8 @@ import math
 import re
 from typing import Any
 
-from migrator.convert.policies import (INT_RANGE, POLICIES, VARCHAR, Context, Converter, RowRejected, preview,
-                                       canonical_json_number, kind_of, parse_date, parse_timestamp)
+from migrator.convert.policies import INT_RANGE, POLICIES, VARCHAR, Context, Converter, RowRejected, \
+    canonical_json_number, kind_of, parse_date, parse_timestamp, preview
 
 SURROGATE_ESCAPED = re.compile("[\udc80-\udcff]")
 # a \u0000 escape or an escaped surrogate that looks unpaired, as one fast search (the pattern starts with a literal

@@ -7,8 +7,8 @@ import uuid
 
 import asyncpg
 
-from migrator.catalog import schema as cat
 from migrator import ledger
+from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.errors import PreflightError
 from migrator.load.split import Part

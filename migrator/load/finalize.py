@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from migrator.catalog import schema as cat
 from migrator import ledger
+from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.parallel import run_all
 from migrator.targets import postgres as pgt

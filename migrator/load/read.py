@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 
 from migrator.catalog.schema import qi
-from migrator.plan.model import TablePlan
 from migrator.convert.table import TableConverter
+from migrator.plan.model import TablePlan
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import asyncpg
 
-from migrator.catalog import schema as cat
 from migrator import ledger
+from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.convert.table import Converted, TableConverter, row_json
 from migrator.errors import PreflightError

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncpg
 
-from migrator.catalog import schema as cat
-from migrator.plan import checks as chk
-from migrator.catalog import capture as schema_capture
+from migrator import ledger
+from migrator.catalog import capture as schema_capture, schema as cat
 from migrator.convert import policies as convert
-from migrator.vectors import plan as vectors_plan
 from migrator.errors import MigrationError, TransientError
+from migrator.plan import checks as chk
 from migrator.plan.model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
+from migrator.vectors import plan as vectors_plan
 
 _CONVERSIONS = {
     "json": "JSON text, validated (SQLite numbers -> JSON text)",
@@ -89,6 +89,7 @@ async def _target_spec(settings: Settings, plan: Plan) -> cat.Catalog | None:
         async with conn.transaction(readonly=True):
             known = set(_known_catalog(plan).tables) if plan.source_revision in plan.known_revisions else set()
             state = await pgt.inspect(conn, schema=plan.schema, known_tables=known | _hridaai_core())
+            state.has_ledger = await ledger.exists(conn)
             plan.server = {"version": state.server_version_text, "lz4": state.lz4,
                            "vector_available": state.vector_available, "can_create": state.can_create}
             plan.target_state = state.describe()
@@ -116,8 +117,6 @@ def _hridaai_core() -> set[str]:
 
 
 async def _ledger_run(conn: asyncpg.Connection) -> dict | None:
-    from migrator import ledger
-
     return await ledger.current_run(conn)
 
 
@@ -133,7 +132,8 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     """Existing mode: the live schema HridaAI made is the catalog; compared with the catalog through Alembic."""
     live = await schema_capture.capture(conn, schema=plan.schema)
     if plan.source_revision in plan.known_revisions and live.revision == plan.source_revision:
-        from migrator.catalog import compare as schema_compare  # Alembic + SQLAlchemy: 0.5 s to import, only needed here
+        from migrator.catalog import compare as schema_compare \
+            # Alembic + SQLAlchemy: 0.5 s to import, only needed here
 
         diffs = await schema_compare.differences(settings.target_url, cat.for_revision(live.revision), schema=plan.schema)
         if diffs:

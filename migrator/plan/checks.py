@@ -8,9 +8,9 @@ from collections import Counter
 
 from migrator.catalog import schema as cat
 from migrator.convert import policies as convert
-from migrator.plan.model import Check, Plan
 from migrator.convert.keys import dumps
 from migrator.convert.table import TableConverter, key_text
+from migrator.plan.model import Check, Plan
 from migrator.settings import Settings
 from migrator.sources import sqlite as src
 from migrator.targets.postgres import MIN_SERVER_VERSION, TargetState

@@ -14,7 +14,6 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-
 from urllib.parse import quote
 
 from migrator.catalog.schema import qi

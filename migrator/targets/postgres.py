@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from migrator.catalog.schema import OWN_SCHEMA, VECTOR_TABLE, qi
+from migrator.catalog.schema import VECTOR_TABLE, qi
 from migrator.errors import PreflightError, TransientError
 from migrator.settings import mask_dsn
 
@@ -116,8 +116,6 @@ async def inspect(conn: asyncpg.Connection, *, schema: str, known_tables: set[st
     if "alembic_version" in names:
         revs = await conn.fetch(f"SELECT version_num FROM {qi(schema)}.alembic_version")
         state.revision = revs[0][0] if len(revs) == 1 else None
-    state.has_ledger = bool(await conn.fetchval(
-        "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'batch'", OWN_SCHEMA))
     state.can_create = bool(await conn.fetchval(
         "SELECT has_database_privilege(current_database(), 'CREATE') AND "
         "(NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) OR has_schema_privilege($1, 'CREATE'))",

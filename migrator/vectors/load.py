@@ -11,14 +11,13 @@ import asyncio
 import asyncpg
 
 from migrator import ledger
-from migrator.vectors import source as vectors_source
-from migrator.parallel import run_all
-from migrator.errors import PreflightError, TransientError
 from migrator.context import RunContext
 from migrator.convert.vectors import ChunkConverter
+from migrator.errors import PreflightError, TransientError
+from migrator.parallel import run_all
 from migrator.sources.chroma.client import CollectionInfo
-from migrator.targets import pgvector as pgv
-from migrator.targets import postgres as pgt
+from migrator.targets import pgvector as pgv, postgres as pgt
+from migrator.vectors import source as vectors_source
 
 BATCH = 1000
 PREFIX = ledger.VECTOR_PREFIX

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from migrator.vectors import source as vectors_source
+from migrator import ledger
 from migrator.errors import MigrationError, TransientError, WorkDirError
 from migrator.plan.model import Check, Plan, VectorPlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
 from migrator.sources.chroma import client as chroma
-from migrator.targets import pgvector as pgv
-from migrator.targets import postgres as pgt
+from migrator.targets import pgvector as pgv, postgres as pgt
+from migrator.vectors import source as vectors_source
 
 SHOW = 10
 
@@ -159,7 +159,7 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
                                          hint="set PGVECTOR_INITIALIZE_MAX_VECTOR_LENGTH / PGVECTOR_USE_HALFVEC as "
                                               "HridaAI has them, or drop the empty table"))
             rows = await conn.fetchval("SELECT count(*) FROM document_chunk")
-            ledger_here = await conn.fetchval("SELECT to_regclass('hridaai_migrate.run') IS NOT NULL")
+            ledger_here = await ledger.exists(conn)
             if rows and not ledger_here:
                 plan.checks.append(Check("error", "document-chunk-holds-data", f"document_chunk already holds {rows} "
                                          "chunks", hint="migrate into an empty document_chunk"))

@@ -18,10 +18,8 @@ from typing import Any
 from migrator.errors import work_dir_error
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
+from migrator.sources.chroma import client as chroma, collections as chroma_catalog, direct as chroma_direct
 from migrator.workdir import private_tree
-from migrator.sources.chroma import client as chroma
-from migrator.sources.chroma import collections as chroma_catalog
-from migrator.sources.chroma import direct as chroma_direct
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from migrator import ledger
-from migrator.vectors import source as vectors_source
 from migrator.context import RunContext
 from migrator.convert.vectors import loaded_values
 from migrator.parallel import spawn_pool
@@ -21,8 +20,8 @@ from migrator.settings import Settings
 from migrator.snapshot import Snapshot
 from migrator.sources.chroma import client as chroma
 from migrator.sources.chroma.client import CollectionInfo
-from migrator.targets import pgvector as pgv
-from migrator.targets import postgres as pgt
+from migrator.targets import pgvector as pgv, postgres as pgt
+from migrator.vectors import source as vectors_source
 from migrator.vectors.load import BATCH, unit_of
 
 try:

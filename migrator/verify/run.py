@@ -12,18 +12,17 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from migrator.catalog import schema as cat
 from migrator import ledger
+from migrator.catalog import schema as cat
 from migrator.context import RunContext
-from migrator.vectors import verify as vectors_verify
-from migrator.verify import pool
-from migrator.verify import table as vt
-from migrator.verify.checksum import batch_digests, buckets_of
-from migrator.plan.model import Plan, TablePlan
 from migrator.convert.table import TableConverter
+from migrator.plan.model import Plan, TablePlan
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
+from migrator.vectors import verify as vectors_verify
+from migrator.verify import pool, table as vt
+from migrator.verify.checksum import batch_digests, buckets_of
 
 SHOW = 20
 SAMPLE_CHUNK = 25

@@ -14,12 +14,12 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import AsyncIterator, Iterator, Sequence
 
-from migrator.catalog import schema as cat
 from migrator import ledger
-from migrator.verify.checksum import TableSum, batch_digests, buckets_of
-from migrator.plan.model import TablePlan
+from migrator.catalog import schema as cat
 from migrator.convert.table import TableConverter
+from migrator.plan.model import TablePlan
 from migrator.sources import sqlite as src
+from migrator.verify.checksum import TableSum, batch_digests, buckets_of
 
 FIRST_ROWS = 200
 MAX_ROWS = 10_000
