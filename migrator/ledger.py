@@ -17,7 +17,7 @@ from migrator.catalog.schema import OWN_SCHEMA, qi
 from migrator.convert.keys import dumps  # noqa: F401  (the ledger's text form; callers use ledger.dumps)
 from migrator.errors import PreflightError
 
-S = qi(OWN_SCHEMA)
+SCHEMA = qi(OWN_SCHEMA)  # the ledger's schema, quoted: every statement on it is in this module
 UNIT_SEP = "#"  # a table's parts are the units `chat`, `chat#2`, ...
 VECTOR_PREFIX = "vector:"  # a collection's unit is `vector:<name>`
 LOCK_KEY = 0x48524944  # "HRID": one migration at a time per target database
@@ -25,24 +25,24 @@ LOCK_WAIT = 5  # seconds
 WRITERS_KEY = 0x48524957  # "HRIW": held (shared) by every load worker process while it may commit batches
 
 DDL = [
-    f"CREATE SCHEMA IF NOT EXISTS {S}",
-    f"""CREATE TABLE IF NOT EXISTS {S}.run (
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.run (
         run_id text PRIMARY KEY, snapshot_id text NOT NULL, mode text NOT NULL, source_revision text,
         started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz, state text NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS {S}.unit (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.unit (
         unit text PRIMARY KEY, kind text NOT NULL, total_rows bigint NOT NULL, total_bytes bigint NOT NULL,
         done boolean NOT NULL DEFAULT false)""",
-    f"""CREATE TABLE IF NOT EXISTS {S}.batch (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.batch (
         unit text NOT NULL, batch_no integer NOT NULL, snapshot_id text NOT NULL, first_key bigint NOT NULL,
         last_key bigint NOT NULL, rows integer NOT NULL, quarantined integer NOT NULL, bytes bigint NOT NULL,
         fixups integer NOT NULL, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
         PRIMARY KEY (unit, batch_no))""",
-    f"""CREATE TABLE IF NOT EXISTS {S}.step (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.step (
         name text PRIMARY KEY, snapshot_id text NOT NULL, detail text, done_at timestamptz NOT NULL DEFAULT now())""",
-    f"""CREATE TABLE IF NOT EXISTS {S}.quarantine (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.quarantine (
         unit text NOT NULL, key text NOT NULL, reason text NOT NULL, policy text NOT NULL, column_name text,
         row_json text NOT NULL, batch_no integer NOT NULL, PRIMARY KEY (unit, key, batch_no))""",
-    f"""CREATE TABLE IF NOT EXISTS {S}.fixup (
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.fixup (
         unit text NOT NULL, key text NOT NULL, column_name text NOT NULL, policy text NOT NULL, action text NOT NULL,
         original text, batch_no integer NOT NULL)""",
 ]
@@ -73,22 +73,22 @@ async def current_run(conn: asyncpg.Connection) -> dict | None:
     """The latest run recorded in the target, or None."""
     if not await exists(conn):
         return None
-    row = await conn.fetchrow(f"SELECT * FROM {S}.run ORDER BY started_at DESC LIMIT 1")
+    row = await conn.fetchrow(f"SELECT * FROM {SCHEMA}.run ORDER BY started_at DESC LIMIT 1")
     return dict(row) if row else None
 
 
 async def start_run(conn: asyncpg.Connection, *, run_id: str, snapshot_id: str, mode: str,
                     revision: str | None, units: list[tuple[str, str, int, int]]) -> None:
     """Record a new run and its units (call inside the transaction that creates the schema)."""
-    await conn.execute(f"INSERT INTO {S}.run (run_id, snapshot_id, mode, source_revision, state) "
+    await conn.execute(f"INSERT INTO {SCHEMA}.run (run_id, snapshot_id, mode, source_revision, state) "
                        "VALUES ($1, $2, $3, $4, 'loading')", run_id, snapshot_id, mode, revision)
-    await conn.executemany(f"INSERT INTO {S}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
+    await conn.executemany(f"INSERT INTO {SCHEMA}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
                            "ON CONFLICT (unit) DO NOTHING", units)
 
 
 async def add_units(conn: asyncpg.Connection, units: list[tuple[str, str, int, int]]) -> None:
     """Register units that a later stage loads (e.g. vector collections)."""
-    await conn.executemany(f"INSERT INTO {S}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
+    await conn.executemany(f"INSERT INTO {SCHEMA}.unit (unit, kind, total_rows, total_bytes) VALUES ($1, $2, $3, $4) "
                            "ON CONFLICT (unit) DO NOTHING", units)
 
 
@@ -97,14 +97,14 @@ async def progress(conn: asyncpg.Connection, unit: str | None = None) -> dict[st
     where, args = _only(unit)
     rows = await conn.fetch(
         f"SELECT unit, count(*) AS batches, max(last_key) AS last_key, sum(rows) AS rows, "
-        f"sum(quarantined) AS q, max(committed_at) AS at FROM {S}.batch {where} GROUP BY unit", *args)
+        f"sum(quarantined) AS q, max(committed_at) AS at FROM {SCHEMA}.batch {where} GROUP BY unit", *args)
     return {r["unit"]: UnitProgress(r["batches"], r["last_key"], r["rows"], r["q"], r["at"]) for r in rows}
 
 
 async def units(conn: asyncpg.Connection, unit: str | None = None) -> list[dict]:
     """Registered units with their totals (every unit, or `unit` only)."""
     where, args = _only(unit)
-    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.unit {where} ORDER BY unit", *args)]
+    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {SCHEMA}.unit {where} ORDER BY unit", *args)]
 
 
 def _only(unit: str | None) -> tuple[str, list]:
@@ -125,24 +125,24 @@ async def record_batch(conn: asyncpg.Connection, *, unit: str, batch_no: int, sn
             for key, column, policy, action, original in fixups],
             columns=["unit", "key", "column_name", "policy", "action", "original", "batch_no"])
     await conn.execute(
-        f"INSERT INTO {S}.batch (unit, batch_no, snapshot_id, first_key, last_key, rows, quarantined, bytes, fixups) "
+        f"INSERT INTO {SCHEMA}.batch (unit, batch_no, snapshot_id, first_key, last_key, rows, quarantined, bytes, fixups) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         unit, batch_no, snapshot_id, first_key, last_key, rows, len(quarantine), nbytes, len(fixups))
 
 
 async def mark_unit_done(conn: asyncpg.Connection, unit: str) -> None:
     """A unit whose every batch is committed."""
-    await conn.execute(f"UPDATE {S}.unit SET done = true WHERE unit = $1", unit)
+    await conn.execute(f"UPDATE {SCHEMA}.unit SET done = true WHERE unit = $1", unit)
 
 
 async def steps(conn: asyncpg.Connection) -> dict[str, str]:
     """Completed one-off steps (schema, indexes, sequences, alembic, analyze)."""
-    return {r[0]: r[1] for r in await conn.fetch(f"SELECT name, detail FROM {S}.step")}
+    return {r[0]: r[1] for r in await conn.fetch(f"SELECT name, detail FROM {SCHEMA}.step")}
 
 
 async def step_done(conn: asyncpg.Connection, name: str, snapshot_id: str, detail: str | None = None) -> None:
     """Record a completed step (inside the step's own transaction when it has one)."""
-    await conn.execute(f"INSERT INTO {S}.step (name, snapshot_id, detail) VALUES ($1, $2, $3) "
+    await conn.execute(f"INSERT INTO {SCHEMA}.step (name, snapshot_id, detail) VALUES ($1, $2, $3) "
                        "ON CONFLICT (name) DO UPDATE SET detail = EXCLUDED.detail, done_at = now()",
                        name, snapshot_id, detail)
 
@@ -151,19 +151,19 @@ async def finish_run(conn: asyncpg.Connection, run_id: str) -> None:
     """The run is complete (committed synchronously: this flushes every asynchronous batch commit before it)."""
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = on")
-        await conn.execute(f"UPDATE {S}.run SET state = 'done', finished_at = now() WHERE run_id = $1", run_id)
+        await conn.execute(f"UPDATE {SCHEMA}.run SET state = 'done', finished_at = now() WHERE run_id = $1", run_id)
 
 
 async def quarantined(conn: asyncpg.Connection) -> list[dict]:
     """Every quarantined row (unit, key, reason, policy, column_name, row_json)."""
     return [dict(r) for r in await conn.fetch(
-        f"SELECT unit, key, reason, policy, column_name, row_json FROM {S}.quarantine ORDER BY unit, key")]
+        f"SELECT unit, key, reason, policy, column_name, row_json FROM {SCHEMA}.quarantine ORDER BY unit, key")]
 
 
 async def fixups(conn: asyncpg.Connection) -> list[dict]:
     """Every fixup applied."""
     return [dict(r) for r in await conn.fetch(
-        f"SELECT unit, key, column_name, policy, action, original FROM {S}.fixup ORDER BY unit, key, column_name")]
+        f"SELECT unit, key, column_name, policy, action, original FROM {SCHEMA}.fixup ORDER BY unit, key, column_name")]
 
 
 def table_of(unit: str) -> str:
@@ -175,7 +175,7 @@ async def quarantine_keys(conn: asyncpg.Connection, table: str) -> set[str]:
     """The keys quarantined from every part of `table` (nothing when there is no ledger)."""
     if not await exists(conn):
         return set()
-    return {r[0] for r in await conn.fetch(f"SELECT key FROM {S}.quarantine WHERE split_part(unit, $2, 1) = $1",
+    return {r[0] for r in await conn.fetch(f"SELECT key FROM {SCHEMA}.quarantine WHERE split_part(unit, $2, 1) = $1",
                                            table, UNIT_SEP)}
 
 
@@ -184,7 +184,7 @@ async def set_null_fixups(conn: asyncpg.Connection, table: str) -> dict[str, lis
     if not await exists(conn):
         return {}
     out: dict[str, list[str]] = {}
-    for key, column in await conn.fetch(f"SELECT key, column_name FROM {S}.fixup WHERE split_part(unit, $2, 1) = $1 "
+    for key, column in await conn.fetch(f"SELECT key, column_name FROM {SCHEMA}.fixup WHERE split_part(unit, $2, 1) = $1 "
                                         "AND policy = 'orphan_set_null'", table, UNIT_SEP):
         out.setdefault(key, []).append(column)
     return out
@@ -192,14 +192,14 @@ async def set_null_fixups(conn: asyncpg.Connection, table: str) -> dict[str, lis
 
 async def fixup_counts(conn: asyncpg.Connection) -> dict[str, int]:
     """unit -> how many fixups it recorded."""
-    return {r[0]: r[1] for r in await conn.fetch(f"SELECT unit, count(*) FROM {S}.fixup GROUP BY unit")}
+    return {r[0]: r[1] for r in await conn.fetch(f"SELECT unit, count(*) FROM {SCHEMA}.fixup GROUP BY unit")}
 
 
 async def vector_quarantine(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
     """(unit, key, policy) of every quarantined vector chunk (nothing when there is no ledger)."""
     if not await exists(conn):
         return []
-    return [tuple(r) for r in await conn.fetch(f"SELECT unit, key, policy FROM {S}.quarantine WHERE unit LIKE $1",
+    return [tuple(r) for r in await conn.fetch(f"SELECT unit, key, policy FROM {SCHEMA}.quarantine WHERE unit LIKE $1",
                                                VECTOR_PREFIX + "%")]
 
 
