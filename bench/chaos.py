@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20260)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--data-dir", type=Path, default=SMALL)
-    ap.add_argument("--admin-url", help="a superuser URL of a maintenance database (default: a pgserver started "
+    ap.add_argument("--admin-url", help="a superuser URL of a maintenance database (default: an embedded server started "
                                         "in a temporary directory)")
     ap.add_argument("--json", type=Path, help="also write the whole summary (every trial) to this file")
     a = ap.parse_args(argv)

@@ -144,7 +144,7 @@ class Session:
 
 @contextlib.contextmanager
 def postgres(target: str | None, log: Log):
-    """Yield an admin URI: --target as given, or an embedded pgserver for the duration."""
+    """Yield an admin URI: --target as given, or an embedded PostgreSQL for the duration."""
     if target:
         pgutil.with_database(target, "postgres")  # validates the URI form early
         log(f"postgres: using {pgutil.mask(target)}")

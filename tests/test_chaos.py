@@ -61,7 +61,7 @@ def test_stage_names_of_progress_events():
 
 @pytest.fixture
 def own_server():
-    """A dedicated pgserver (outside pytest's tmp: its user must reach it) that a test may stop and restart."""
+    """A dedicated embedded server (outside pytest's tmp: its user must reach it) that a test may stop and restart."""
     base = Path(tempfile.mkdtemp(prefix="hm-chaos-pg-"))
     pgdata = base / "pg"
     url = pgserver_ctl.start(pgdata)

@@ -6,20 +6,20 @@ import re
 import subprocess
 from pathlib import Path
 
-import pgserver
 import pytest
 
 from conftest import SMALL, query, run_cli
+from migrator import embedded
 
 REFERENCE = Path(__file__).parent / "data" / "pg-schema-0bd252b206fb.sql"
-PG_DUMP = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
+PG_DUMP = embedded.bin_dir() / "pg_dump"
 
 
 def normalise(dump: str) -> list[str]:
     """Statements without comments/SETs, the vector extension, document_chunk and the tool's own schema."""
     body = "\n".join(line for line in dump.splitlines()
                      if line.strip() and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config")))
-    statements = [re.sub(r"\s+", " ", s).strip() for s in body.split(";\n")]
+    statements = [re.sub(r"\s+", " ", s).strip().rstrip(";") for s in body.split(";\n")]  # the last keeps its ;
     skip = ("document_chunk", "hridaai_migrate", "EXTENSION", "\\restrict", "\\unrestrict")
     return sorted(s for s in statements if s and not any(k in s for k in skip))
 

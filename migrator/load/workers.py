@@ -130,6 +130,8 @@ def w_start(ctx: RunContext, events, stop_event, parent: int) -> None:
     """A worker's initializer: die with the parent, ignore Ctrl-C, keep the run's context with this process's own
     progress (sent to the parent) and stop flag."""
     _die_with_parent()
+    if os.getppid() != parent:  # the run died before PR_SET_PDEATHSIG was set: no signal will come, go now
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the main decides
     loop = asyncio.new_event_loop()
     _state.update(ctx=ctx.with_(progress=_QueueProgress(events), stop=_StopFlag(stop_event, parent)), loop=loop,
@@ -167,6 +169,8 @@ def w_load(part: Part) -> bool:
 
 async def _load_async(part: Part) -> bool:
     ctx: RunContext = _state["ctx"]
+    if ctx.stop.requested:  # the run is stopping or gone: never open a session that could commit behind it
+        return False
     conn = _state["conn"]
     if conn is None or conn.is_closed():
         conn = _state["conn"] = await pgt.connect(ctx.settings.target_url, bulk=True)
