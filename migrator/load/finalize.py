@@ -37,6 +37,8 @@ class LoadReport:
         for name, t in self.tables.items():
             lines.append(f"{name:<26} {t['rows']:>10,} {t['quarantined']:>12,} {t['fixups']:>8,} {t['batches']:>8,}")
         lines.append("steps: " + ", ".join(self.steps) if self.steps else "steps: none")
+        if (self.steps.get("vector-index") or "").startswith("rebuilt"):
+            lines.append(f"vector index: {self.steps['vector-index']}")
         return "\n".join(lines)
 
 

@@ -216,6 +216,28 @@ async def existing_table(conn: Any) -> dict[str, Any] | None:
     }
 
 
+async def table_indexes(conn: Any) -> dict[str, dict[str, str]]:
+    """Every index on ``document_chunk``: name -> {"method": access method, "definition": pg_get_indexdef}."""
+    rows = await conn.fetch(
+        """
+        SELECT ic.relname AS name, am.amname AS method, pg_get_indexdef(i.indexrelid) AS definition
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = to_regclass($1) AND NOT i.indisprimary
+        ORDER BY 1
+        """,
+        TABLE,
+    )
+    return {r["name"]: {"method": r["method"], "definition": r["definition"]} for r in rows}
+
+
+async def rebuild_vector_index(conn: Any) -> None:
+    """REINDEX idx_document_chunk_vector: the same name and definition (HridaAI's startup check accepts it), its
+    ivfflat lists trained again on the rows the table holds now."""
+    await conn.execute(f"REINDEX INDEX {VECTOR_INDEX}")
+
+
 async def _index_method(conn: Any) -> str | None:
     return await conn.fetchval(
         """

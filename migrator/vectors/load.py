@@ -7,6 +7,7 @@ row always commit together; units are named `vector:<collection>` and resume fro
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 
@@ -20,6 +21,7 @@ from migrator.targets import pgvector as pgv, postgres as pgt
 from migrator.vectors import source as vectors_source
 
 BATCH = 1000
+BEFORE_STEP = "vector-index-before"  # ledger step: the target's vector index and rows before the load
 PREFIX = ledger.VECTOR_PREFIX
 
 
@@ -88,9 +90,26 @@ async def _load(ctx: RunContext, conn: asyncpg.Connection) -> None:
         await conn.execute("SET search_path TO public")
         await pgv.create_secondary_indexes(conn)
         ctx.progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
-        result = await pgv.build_vector_index(conn, spec, min_rows=min_rows)
-        await ledger.step_done(conn, "vector-index", snapshot_id, result.detail)
-        ctx.progress.event("finalize", step="vector-index", detail=result.detail)
+        detail = await _rebuilt_if_made_before_the_data(conn, (await ledger.steps(conn)).get(BEFORE_STEP))
+        if detail is None:
+            detail = (await pgv.build_vector_index(conn, spec, min_rows=min_rows)).detail
+        await ledger.step_done(conn, "vector-index", snapshot_id, detail)
+        ctx.progress.event("finalize", step="vector-index", detail=detail)
+
+
+async def _rebuilt_if_made_before_the_data(conn: asyncpg.Connection, before: str | None) -> str | None:
+    """REINDEX an ivfflat index the target had before the load when the table then held under a tenth of what it
+    holds now (HridaAI < 0.11.4 builds it at startup, on the empty table: its lists are trained on nothing); the
+    step's detail, or None when there is nothing to rebuild."""
+    state = json.loads(before) if before else {}
+    if state.get("method") != "ivfflat":
+        return None
+    rows = await conn.fetchval(f"SELECT count(*) FROM {pgv.TABLE}")
+    if state.get("rows", 0) * 10 >= rows:
+        return None
+    await pgv.rebuild_vector_index(conn)
+    return (f"rebuilt {pgv.VECTOR_INDEX} (ivfflat, same name and definition): it was built on {state['rows']} "
+            f"rows before the load, the table now holds {rows}")
 
 
 async def _load_collections(ctx: RunContext, todo: list[CollectionInfo], source) -> None:
@@ -129,6 +148,7 @@ async def _prepare(ctx: RunContext, conn: asyncpg.Connection, *, indexes_first: 
         async with conn.transaction():
             await pgv.ensure_extension(conn)
             await conn.execute("SET LOCAL search_path TO public")
+            await ledger.step_done(conn, BEFORE_STEP, ctx.snapshot.snapshot_id, json.dumps(await _before(conn)))
             await pgv.create_table(conn, spec, with_indexes=indexes_first)
             await ledger.add_units(conn, [(unit_of(c.name), "collection", c.count, 0)
                                           for c in ctx.plan.vectors.collections])
@@ -137,6 +157,14 @@ async def _prepare(ctx: RunContext, conn: asyncpg.Connection, *, indexes_first: 
         raise PreflightError("not allowed to create the vector extension or document_chunk",
                              detail=str(exc), hint="a DBA runs in the target database: CREATE EXTENSION vector; "
                                                    "and grants CREATE on the database/schema") from None
+
+
+async def _before(conn: asyncpg.Connection) -> dict:
+    """What document_chunk was before this run touched it: its vector index's method and its rows."""
+    found = await pgv.existing_table(conn)
+    if found is None:
+        return {"method": None, "rows": 0}
+    return {"method": found["vector_index"], "rows": await conn.fetchval(f"SELECT count(*) FROM {pgv.TABLE}")}
 
 
 async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, info: CollectionInfo) -> None:

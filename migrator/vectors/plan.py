@@ -163,8 +163,28 @@ async def _target_checks(settings: Settings, plan: Plan, spec: pgv.VectorTableSp
             if rows and not ledger_here:
                 plan.checks.append(Check("error", "document-chunk-holds-data", f"document_chunk already holds {rows} "
                                          "chunks", hint="migrate into an empty document_chunk"))
+            elif not ledger_here:
+                plan.checks += _indexes_made_before_the_data(await pgv.table_indexes(conn), rows)
     finally:
         await conn.close()
+
+
+def _indexes_made_before_the_data(indexes: dict[str, dict[str, str]], rows: int) -> list[Check]:
+    """An ivfflat index HridaAI built at startup on the empty table is rebuilt after the load (its lists were trained
+    on nothing: searches through it miss neighbours); every other index is left as it was, and said so."""
+    out = []
+    vector_index = indexes.get(pgv.VECTOR_INDEX)
+    if vector_index and vector_index["method"] == "ivfflat" and rows == 0:
+        out.append(Check("info", "vector-index-rebuild", f"{pgv.VECTOR_INDEX} (ivfflat) was built on the empty "
+                         "document_chunk, before the data: it is rebuilt after the load (REINDEX: same name and "
+                         "definition, its lists trained on the migrated vectors)",
+                         detail=vector_index["definition"]))
+    others = sorted(set(indexes) - ({pgv.VECTOR_INDEX} if out else set()))
+    if others:
+        out.append(Check("info", "document-chunk-indexes-kept", f"indexes document_chunk already has are left as "
+                         f"they were: {', '.join(others)}", detail="; ".join(indexes[n]["definition"]
+                                                                     for n in others)))
+    return out
 
 
 async def _may_create_vector(conn) -> bool:
