@@ -12,7 +12,7 @@ from migrator import ledger
 from migrator.catalog import capture as schema_capture, schema as cat
 from migrator.convert import policies as convert
 from migrator.errors import MigrationError, TransientError
-from migrator.plan import checks as chk
+from migrator.plan import checks as chk, keys
 from migrator.plan.model import Check, ColumnPlan, Plan, TablePlan
 from migrator.settings import Settings, mask_dsn
 from migrator.snapshot import Snapshot
@@ -52,6 +52,8 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
         if catalog is not None:
             plan.tables = _table_plans(conn, catalog, settings, measure_bytes=scan)
             plan.checks += chk.source_checks(conn, plan, catalog)
+            plan.checks += [note for t in plan.tables if t.action == "load"
+                            for note in [keys.check(t.name, t.key, t.key_index)] if note]
             if scan:
                 plan.checks += chk.conversion_scan(conn, plan)
     finally:
@@ -132,8 +134,8 @@ async def _existing_spec(conn: asyncpg.Connection, plan: Plan, settings: Setting
     """Existing mode: the live schema HridaAI made is the catalog; compared with the catalog through Alembic."""
     live = await schema_capture.capture(conn, schema=plan.schema)
     if plan.source_revision in plan.known_revisions and live.revision == plan.source_revision:
-        from migrator.catalog import compare as schema_compare \
-            # Alembic + SQLAlchemy: 0.5 s to import, only needed here
+        # Alembic + SQLAlchemy: 0.5 s to import, only needed here
+        from migrator.catalog import compare as schema_compare
 
         diffs = await schema_compare.differences(settings.target_url, cat.for_revision(live.revision), schema=plan.schema)
         if diffs:
@@ -179,7 +181,8 @@ def _table_plan(conn, name: str, target: cat.Table | None, in_source: bool, sett
         # a full scan of every value: `migrate plan` reports it; run and verify bound batches by bytes as they read
         plan.bytes = src.byte_size(conn, name, list(source_cols)) if measure_bytes else 0
     if target:
-        plan.key = list(target.primary_key)
+        plan.key, plan.key_index = keys.key_of(conn, target, set(source_cols)) if in_source \
+            else (list(target.primary_key), None)
         plan.fks = [{"column": fk.columns[0], "ref_table": fk.ref_table, "ref_column": fk.ref_columns[0],
                      "on_delete": fk.on_delete, "name": fk.name} for fk in target.foreign_keys
                     if fk.ref_table != name and len(fk.columns) == 1]

@@ -40,7 +40,8 @@ class TablePlan:
     rows: int = 0
     bytes: int = 0
     columns: list[ColumnPlan] = field(default_factory=list)
-    key: list[str] = field(default_factory=list)
+    key: list[str] = field(default_factory=list)  # the primary key, else a unique index's columns (plan.keys)
+    key_index: str | None = None  # the unique index the key comes from; None: the primary key (or no key)
     fks: list[dict] = field(default_factory=list)
     self_ref: dict | None = None
     batch_rows: int = 0
