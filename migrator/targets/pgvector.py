@@ -232,6 +232,39 @@ async def table_indexes(conn: Any) -> dict[str, dict[str, str]]:
     return {r["name"]: {"method": r["method"], "definition": r["definition"]} for r in rows}
 
 
+ITERATIVE_SCAN_MIN_VERSION = (0, 8, 0)
+
+
+async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, query: np.ndarray,
+                            k: int) -> list[tuple[str, float]]:
+    """One search exactly as HridaAI's pgvector client (0.11.4+) issues it: in a transaction, `SET LOCAL
+    <method>.iterative_scan = relaxed_order` when the extension is >= 0.8, then the zero-padded query vector as a
+    VALUES row cast to vector(N) (halfvec(N)), a LATERAL subquery per query vector ordered by `<=>`, LIMIT k. The
+    planner picks its plan for this shape, which may not be the plan of a plain `ORDER BY ... LIMIT`."""
+    literal = "[" + ",".join(repr(float(x)) for x in pad(query, spec.dimension)) + "]"
+    async with conn.transaction():
+        version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        if version and version_tuple(version) >= ITERATIVE_SCAN_MIN_VERSION:
+            await conn.execute(f"SET LOCAL {spec.method}.iterative_scan = relaxed_order")
+        rows = await conn.fetch(
+            f"SELECT r.id, r.distance FROM (VALUES (0, CAST($1::text AS {spec.column_type}))) AS q (qid, q_vector) "
+            f"JOIN LATERAL (SELECT id, vector <=> q.q_vector AS distance FROM {TABLE} "
+            "WHERE collection_name = $2 ORDER BY vector <=> q.q_vector LIMIT $3) AS r ON true "
+            "ORDER BY q.qid, r.distance", literal, collection, k)
+    return [(r["id"], r["distance"]) for r in rows]
+
+
+async def search_setup(conn: Any) -> dict[str, Any]:
+    """What decides the quality of HridaAI's searches here: the vector index, pgvector's version, and the probes /
+    ef_search the database's sessions start with."""
+    index = (await table_indexes(conn)).get(VECTOR_INDEX)
+    await conn.execute("SELECT '[1]'::vector")  # loads the library: its settings exist from now on
+    return {"index": index["definition"] if index else None, "method": index["method"] if index else None,
+            "pgvector": await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
+            "ivfflat.probes": await conn.fetchval("SELECT current_setting('ivfflat.probes', true)"),
+            "hnsw.ef_search": await conn.fetchval("SELECT current_setting('hnsw.ef_search', true)")}
+
+
 async def rebuild_vector_index(conn: Any) -> None:
     """REINDEX idx_document_chunk_vector: the same name and definition (HridaAI's startup check accepts it), its
     ivfflat lists trained again on the rows the table holds now."""

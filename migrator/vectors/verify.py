@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import json
 import random
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ except (OSError, AttributeError):
 SAMPLE_PER_COLLECTION = 20
 EXACT_TIES = 20  # rows beyond the 10th the exact scan returns, for ties at the 10th distance
 K = 10
+SEARCH_RECALL_WARN = 0.9  # recall@10 through HridaAI's statement below this, per collection: a WARNING
 SHOW = 10
 BUDGET_CHUNKS = 30_000  # chunks read by all vector-verify workers at once (see _Budget)
 BUNDLE_CHUNKS = 10_000  # at 50k vectors, main + 2 workers: 25k 661 MB (19.2 s), 10k 523 MB, + malloc_trim 474 MB (25.6 s)
@@ -53,6 +55,7 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
         counts = {r[0]: r[1] for r in await conn.fetch(
             "SELECT collection_name, count(*) FROM document_chunk GROUP BY 1")}
         quarantined = await _quarantined(conn)
+        setup = await pgv.search_setup(conn)
     finally:
         await pgt.close_quietly(conn)
     infos = plan.vectors.collections
@@ -71,20 +74,46 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
         done = await asyncio.gather(*(run(bundle) for bundle in work))
     for part in done:
         results.update(part)
-    out = {"collections": {}, "problems": [], "self_retrieval": {"queries": 0, "hits": 0}, "recall_at_10": None}
-    recalls_all: list[float] = []
-    for info in infos:  # the report in plan order, whatever finished first
+    out = _report(infos, results, setup)
+    extra = set(counts) - {c.name for c in infos}
+    if extra:
+        out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
+    return out
+
+
+def _report(infos: list[CollectionInfo], results: dict[str, Found], setup: dict) -> dict:
+    """The vectors section: per collection in plan order, the totals, and HridaAI's search quality with a WARNING
+    (its cause and remedy) where it is below SEARCH_RECALL_WARN."""
+    out = {"collections": {}, "problems": [], "warnings": [], "self_retrieval": {"queries": 0, "hits": 0}}
+    recalls, searched, latencies = [], [], []
+    for info in infos:
         found = results[info.name]
         out["collections"][info.name] = found.entry
         out["problems"] += found.problems
         out["self_retrieval"]["queries"] += found.queries
         out["self_retrieval"]["hits"] += found.hits
-        recalls_all += found.recalls
-    extra = set(counts) - {c.name for c in infos}
-    if extra:
-        out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
-    out["recall_at_10"] = round(float(np.mean(recalls_all)), 4) if recalls_all else None
+        recalls += found.recalls
+        searched += found.search_recalls
+        latencies += found.latencies_ms
+    out["recall_at_10"] = round(float(np.mean(recalls)), 4) if recalls else None
+    out["search"] = {**setup, "recall_at_10": round(float(np.mean(searched)), 4) if searched else None,
+                     "median_ms": round(float(np.median(latencies)), 2) if latencies else None}
+    low = sorted(n for n, c in out["collections"].items()
+                 if (c.get("hridaai_recall_at_10") or 1.0) < SEARCH_RECALL_WARN)
+    if low:
+        out["warnings"].append(_search_warning(out["search"], low))
     return out
+
+
+def _search_warning(search: dict, low: list[str]) -> str:
+    """Why HridaAI's searches miss neighbours here, and what to do."""
+    cause = (f"index {search['method']} ({search['index']}), pgvector {search['pgvector']}, "
+             f"ivfflat.probes={search['ivfflat.probes']}, hnsw.ef_search={search['hnsw.ef_search']}")
+    remedy = ("raise the probes HridaAI's sessions start with: ALTER DATABASE <db> SET ivfflat.probes = 10 (or more; "
+              "RESET undoes it), or use PGVECTOR_INDEX_METHOD=hnsw" if search["method"] == "ivfflat" else
+              "raise hnsw.ef_search for the database: ALTER DATABASE <db> SET hnsw.ef_search = 100")
+    return (f"HridaAI's own search statement finds {search['recall_at_10']} of the exact top 10 overall; below "
+            f"{SEARCH_RECALL_WARN} in {len(low)} collections ({', '.join(low[:SHOW])}): {cause}. Remedy: {remedy}")
 
 
 class _Budget:
@@ -150,6 +179,8 @@ class Found:
     queries: int = 0
     hits: int = 0
     recalls: list[float] = field(default_factory=list)
+    search_recalls: list[float] = field(default_factory=list)  # through HridaAI's own search statement
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 def w_run_bundle(job: BundleJob) -> dict[str, Found]:
@@ -298,7 +329,32 @@ async def _search(conn, spec: pgv.VectorTableSpec, info: CollectionInfo, found: 
     if hits < len(sample.ids):
         found.problems.append(f"collection {name}: self-retrieval {hits}/{len(sample.ids)}")
     found.recalls += local
-    return {"self_retrieval": f"{hits}/{len(sample.ids)}", "recall_at_10": round(float(np.mean(local)), 4)}
+    searched = await _search_as_hridaai(conn, spec, name, sample, found)
+    return {"self_retrieval": f"{hits}/{len(sample.ids)}", "recall_at_10": round(float(np.mean(local)), 4),
+            "hridaai_recall_at_10": round(float(np.mean(searched)), 4)}
+
+
+async def _search_as_hridaai(conn, spec: pgv.VectorTableSpec, name: str, sample: _Sample, found: Found) -> list[float]:
+    """recall@10 of each sampled query through HridaAI's own statement against the exact top 10 of the snapshot's
+    vectors (ties at the 10th distance count), and its latency."""
+    out = []
+    for vec, best in zip(sample.queries, sample.best):
+        t0 = time.perf_counter()
+        rows = await pgv.search_as_hridaai(conn, spec, name, vec, K)
+        found.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        out.append(_recall([cid for cid, _ in rows], best))
+    found.search_recalls += out
+    return out
+
+
+def _recall(got: list[str], best: list[tuple[float, str]]) -> float:
+    """Share of the exact top K found (a chunk tied with the K-th counts)."""
+    want = min(K, len(best))
+    if not want:
+        return 1.0
+    kth = best[want - 1][0]
+    allowed = {cid for d, cid in best if d <= kth + 1e-6}
+    return sum(cid in allowed for cid in got) / want
 
 
 def _param(vec: np.ndarray, spec):

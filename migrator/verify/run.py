@@ -36,6 +36,7 @@ class VerifyReport:
     alembic: dict = field(default_factory=dict)
     sequences: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # measured, not a difference: e.g. HridaAI's search quality
     vectors: dict | None = None
 
     @property
@@ -63,8 +64,12 @@ class VerifyReport:
                 lines.append(f"{name[:52]:<52} {c['source']:>7,} {c['target']:>7,} {c['quarantined']:>5} "
                              f"{c.get('self_retrieval') or '-':>7} {c.get('recall_at_10') or '-':>9}  "
                              f"{'ok' if c['match'] else 'DIFFERS'}")
-            sr = self.vectors["self_retrieval"]
+            sr, search = self.vectors["self_retrieval"], self.vectors.get("search") or {}
             lines.append(f"self-retrieval {sr['hits']}/{sr['queries']}, recall@10 {self.vectors['recall_at_10']}")
+            lines.append(f"HridaAI's search statement: recall@10 {search.get('recall_at_10')}, median "
+                         f"{search.get('median_ms')} ms (index {search.get('method') or 'none'}, pgvector "
+                         f"{search.get('pgvector')})")
+        lines += [f"WARNING: {w}" for w in self.warnings]
         lines += ["", "RESULT: all match" if self.ok else "RESULT: DIFFERENCES FOUND"]
         lines += [f"  - {p}" for p in self.problems[:50]]
         return "\n".join(lines)
@@ -96,6 +101,7 @@ async def check(ctx: RunContext, *, sample_size: int = 200, seed: int | None = N
         await _sequences(conn, plan, report)
         if plan.vectors:
             report.vectors = await vectors_verify.check(ctx, seed=seed)
+            report.warnings += report.vectors["warnings"]
             report.problems += report.vectors["problems"]
     finally:
         await conn.close()
