@@ -144,6 +144,20 @@ def verify(sample_size: int | None, **kw) -> None:
     _invoke(commands.verify, kw)
 
 
+@main.command("tune-search")
+@_common
+@click.option("--target-recall", type=float, default=0.95, show_default=True,
+              help="recall@10 HridaAI's searches should reach.")
+@click.option("--sample", type=int, default=200, show_default=True, help="Stored chunks used as queries.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Which chunks are drawn.")
+@click.option("--dry-run", is_flag=True, help="Measure only; change nothing.")
+@click.option("--reset", is_flag=True, help="Undo: the server's default probes / ef_search again.")
+def tune_search(target_recall: float, sample: int, seed: int, dry_run: bool, reset: bool, **kw) -> None:
+    """Set the smallest ivfflat.probes (hnsw.ef_search) reaching --target-recall as the database's default."""
+    _invoke(commands.tune_search, kw, target_recall=target_recall, sample=sample, seed=seed, dry_run=dry_run,
+            reset=reset)
+
+
 @main.command()
 @_common
 def status(**kw) -> None:

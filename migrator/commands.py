@@ -125,6 +125,20 @@ def verify(settings: Settings) -> Outcome:
     return Outcome(report, notes)
 
 
+def tune_search(settings: Settings, *, target_recall: float, sample: int, seed: int, dry_run: bool,
+                reset: bool) -> Outcome:
+    """`migrate tune-search`: measure HridaAI's search recall and set the smallest ivfflat.probes / hnsw.ef_search
+    reaching `target_recall` as the pgvector database's default (`--dry-run` measures only, `--reset` undoes it).
+
+    Raises PreflightError (exit 4) when this user may not alter the database (not its owner)."""
+    from migrator.vectors import plan as vectors_plan, tune
+
+    settings, notes = _target(settings, start=True)
+    result = asyncio.run(tune.tune(settings, vectors_plan.spec_of(settings), target_recall=target_recall,
+                                   sample=sample, seed=seed, dry_run=dry_run, reset=reset))
+    return Outcome(result, notes)
+
+
 def status(settings: Settings) -> Outcome:
     """`migrate status`: per-unit progress read from the ledger (works while a run is going on)."""
     settings, notes = _target(settings, start=False)

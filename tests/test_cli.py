@@ -58,7 +58,7 @@ def readme_commands() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for row in table_rows(readme_section("Commands")):
         for cell in re.findall(r"`migrate ([^`]+)`", row[0]):
-            name = re.match(r"[a-z]+(?: [a-z]+)*", cell).group(0)
+            name = re.match(r"[a-z][a-z-]*(?: [a-z][a-z-]*)*", cell).group(0)
             found[name] = set(re.findall(r"--[a-z][a-z-]*", cell))
     return found
 
@@ -89,7 +89,7 @@ def walk(group: click.Group, path: tuple[str, ...] = ()):
 COMMANDS = {" ".join(path): cmd for path, cmd in walk(main)}
 # Which subcommands work on a data dir / work dir / target and so take README's "Common flags"; the others take
 # none. A new subcommand must be put in one of the two (the first test fails until it is).
-TAKES_COMMON = {"snapshot", "plan", "run", "verify", "status", "config", "schema capture"}
+TAKES_COMMON = {"snapshot", "plan", "run", "verify", "status", "config", "schema capture", "tune-search"}
 NO_FLAGS = {"policies", "schema", "schema list"}
 
 

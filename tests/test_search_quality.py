@@ -8,10 +8,29 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
+import pytest
+
 from bench import vector_data
 from conftest import query, run_cli
 
 STORE = vector_data.VecParams(vectors=6000, collections=24, dim=32, seed=11)  # past 50 x lists (5,000)
+PROBES = ("SELECT coalesce((SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setrole = 0 "
+          "AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())), '')")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A data dir whose Chroma store holds 6,000 vectors in 24 collections (built once for the module)."""
+    data = tmp_path_factory.mktemp("search") / "data"
+    vector_data.build(STORE, data, log=lambda *_: None)
+    return data
+
+
+def _migrated(store, target_url, tmp_path) -> list[str]:
+    common = ["--data-dir", str(store), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+              "--log-format", "none"]
+    assert run_cli("run", *common).returncode == 0
+    return common
 
 
 def _verify(common: list[str]) -> dict:
@@ -20,12 +39,8 @@ def _verify(common: list[str]) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_verify_measures_hridaai_search_and_follows_the_database_probes(target_url, tmp_path):
-    data = tmp_path / "data"
-    vector_data.build(STORE, data, log=lambda *_: None)
-    common = ["--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target", target_url,
-              "--log-format", "none"]
-    assert run_cli("run", *common).returncode == 0
+def test_verify_measures_hridaai_search_and_follows_the_database_probes(store, target_url, tmp_path):
+    common = _migrated(store, target_url, tmp_path)
     assert query(target_url, "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_document_chunk_vector' "
                              "AND indexdef LIKE '%ivfflat%'")[0][0] == 1
 
@@ -45,3 +60,28 @@ def test_verify_measures_hridaai_search_and_follows_the_database_probes(target_u
     assert again["vectors"]["search"]["ivfflat.probes"] == "100"
     assert again["vectors"]["search"]["recall_at_10"] >= 0.99 and again["warnings"] == []
     assert again["vectors"]["search"]["recall_at_10"] > search["recall_at_10"]
+
+
+def test_tune_search_sets_the_smallest_probes_reaching_the_target_and_resets(store, target_url, tmp_path):
+    common = _migrated(store, target_url, tmp_path)
+    before = _verify(common)["vectors"]["search"]["recall_at_10"]
+
+    dry = run_cli("tune-search", *common, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    measured = json.loads(dry.stdout)
+    assert measured["setting"] == "ivfflat.probes" and not measured["applied"]
+    assert measured["measured"]["1"]["recall_at_10"] < 0.95 and int(measured["chosen"]) > 1
+    assert measured["measured"][measured["chosen"]]["recall_at_10"] >= 0.95
+    smaller = [v for v in measured["measured"] if int(v) < int(measured["chosen"])]
+    assert all(measured["measured"][v]["recall_at_10"] < 0.95 for v in smaller)  # the smallest that reaches it
+    assert "ivfflat.probes" not in query(target_url, PROBES)[0][0]  # a dry run changes nothing
+
+    applied = json.loads(run_cli("tune-search", *common, "--json").stdout)
+    assert applied["applied"] and applied["chosen"] == measured["chosen"]
+    assert f"ivfflat.probes={measured['chosen']}" in query(target_url, PROBES)[0][0]
+    after = _verify(common)["vectors"]["search"]
+    assert after["ivfflat.probes"] == measured["chosen"] and after["recall_at_10"] > before
+
+    reset = run_cli("tune-search", *common, "--reset")
+    assert reset.returncode == 0 and "Undo" not in reset.stdout and "reset" in reset.stdout, reset.stdout
+    assert "ivfflat.probes" not in query(target_url, PROBES)[0][0]

@@ -235,17 +235,24 @@ async def table_indexes(conn: Any) -> dict[str, dict[str, str]]:
 ITERATIVE_SCAN_MIN_VERSION = (0, 8, 0)
 
 
-async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, query: np.ndarray,
-                            k: int) -> list[tuple[str, float]]:
+def vector_literal(query: np.ndarray, dimension: int) -> str:
+    """The query vector zero-padded to the column's length as pgvector's text form, as HridaAI sends it."""
+    return "[" + ",".join(repr(float(x)) for x in pad(query, dimension)) + "]"
+
+
+async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, query: np.ndarray, k: int, *,
+                            session: dict[str, str] | None = None) -> list[tuple[str, float]]:
     """One search exactly as HridaAI's pgvector client (0.11.4+) issues it: in a transaction, `SET LOCAL
     <method>.iterative_scan = relaxed_order` when the extension is >= 0.8, then the zero-padded query vector as a
     VALUES row cast to vector(N) (halfvec(N)), a LATERAL subquery per query vector ordered by `<=>`, LIMIT k. The
     planner picks its plan for this shape, which may not be the plan of a plain `ORDER BY ... LIMIT`."""
-    literal = "[" + ",".join(repr(float(x)) for x in pad(query, spec.dimension)) + "]"
+    literal = vector_literal(query, spec.dimension)
     async with conn.transaction():
         version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         if version and version_tuple(version) >= ITERATIVE_SCAN_MIN_VERSION:
             await conn.execute(f"SET LOCAL {spec.method}.iterative_scan = relaxed_order")
+        for name, value in (session or {}).items():  # what a database default would give HridaAI's sessions
+            await conn.execute("SELECT set_config($1, $2, true)", name, value)
         rows = await conn.fetch(
             f"SELECT r.id, r.distance FROM (VALUES (0, CAST($1::text AS {spec.column_type}))) AS q (qid, q_vector) "
             f"JOIN LATERAL (SELECT id, vector <=> q.q_vector AS distance FROM {TABLE} "

@@ -1,0 +1,151 @@
+"""`migrate tune-search`: the smallest `ivfflat.probes` (or `hnsw.ef_search`) with which HridaAI's own search
+statement finds `--target-recall` of the exact top 10, set as the database's default (`ALTER DATABASE ... SET`),
+which HridaAI's sessions inherit. No superuser: the database owner may do it. `--reset` undoes it.
+
+With lists = 100 and the default probes = 1, an ivfflat index over one shared `document_chunk` searches one list of
+a hundred for a query that wants the neighbours within one collection: HridaAI then misses most of them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import asyncpg
+import numpy as np
+
+from migrator.errors import PreflightError
+from migrator.settings import Settings
+from migrator.targets import pgvector as pgv
+from migrator.targets import postgres as pgt
+
+K = 10
+CANDIDATES = {"ivfflat.probes": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+              "hnsw.ef_search": (40, 64, 100, 160, 250, 400, 640, 1000)}
+
+
+@dataclass
+class Tuning:
+    """What tune-search measured and did."""
+
+    setting: str | None
+    database: str
+    target_recall: float
+    measured: dict[str, dict] = field(default_factory=dict)  # value -> {"recall_at_10", "median_ms"}
+    before: str | None = None  # the database's default before
+    chosen: str | None = None
+    applied: bool = False
+    note: str = ""
+
+    def asdict(self) -> dict:
+        """JSON form."""
+        return asdict(self)
+
+    def asstr(self) -> str:
+        """For people."""
+        lines = [f"tune-search on database {self.database}: {self.setting or 'no vector index'}"]
+        lines += [f"  {self.setting} = {v:>5}: recall@10 {m['recall_at_10']:.4f}, median {m['median_ms']:.2f} ms"
+                  for v, m in self.measured.items()]
+        lines.append(self.note)
+        return "\n".join(lines)
+
+
+async def tune(settings: Settings, spec: pgv.VectorTableSpec, *, target_recall: float, sample: int, seed: int,
+               dry_run: bool, reset: bool) -> Tuning:
+    """Measure (and unless dry_run, set) the smallest value reaching `target_recall`; or reset it."""
+    conn = await pgt.connect(settings.pgvector_url or settings.target_url)
+    try:
+        await pgv.register(conn)
+        setup = await pgv.search_setup(conn)
+        name = {"ivfflat": "ivfflat.probes", "hnsw": "hnsw.ef_search"}.get(setup["method"])
+        out = Tuning(name, await conn.fetchval("SELECT current_database()"), target_recall, before=setup.get(name))
+        if name is None:
+            out.note = "document_chunk has no vector index: HridaAI searches exactly, nothing to tune"
+        elif reset:
+            await _alter(conn, out.database, f"RESET {name}")
+            out.note = f"reset: {name} is the server's default again for new sessions of {out.database}"
+        else:
+            await _measure(conn, spec, name, out, sample=sample, seed=seed)
+            if not dry_run and out.chosen is not None:
+                await _alter(conn, out.database, f"SET {name} = {int(out.chosen)}")
+                out.applied = True
+            out.note = _note(out, dry_run)
+        return out
+    finally:
+        await pgt.close_quietly(conn)
+
+
+async def _measure(conn, spec: pgv.VectorTableSpec, name: str, out: Tuning, *, sample: int, seed: int) -> None:
+    """Recall and latency of HridaAI's statement for each candidate value, smallest first, until one reaches the
+    target (the largest measured is chosen when none does)."""
+    queries = await _queries(conn, sample, seed)
+    exact = [await _exact(conn, spec, collection, vector) for _, collection, vector in queries]
+    limit = await _largest(conn, name)
+    for value in [v for v in CANDIDATES[name] if v <= limit] or [limit]:
+        recalls, latencies = [], []
+        for (_, collection, vector), best in zip(queries, exact):
+            t0 = time.perf_counter()
+            rows = await pgv.search_as_hridaai(conn, spec, collection, vector, K, session={name: str(value)})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            recalls.append(len({r[0] for r in rows} & best) / max(1, min(K, len(best))))
+        out.measured[str(value)] = {"recall_at_10": round(float(np.mean(recalls)), 4),
+                                    "median_ms": round(float(np.median(latencies)), 2)}
+        out.chosen = str(value)
+        if out.measured[str(value)]["recall_at_10"] >= out.target_recall:
+            break
+
+
+async def _queries(conn, sample: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
+    """Stored chunks drawn by seed (the same draw for the same seed), as query vectors."""
+    salt = f"{random.Random(seed).random()}:"
+    rows = await conn.fetch("SELECT id, collection_name, vector FROM document_chunk ORDER BY md5($1 || id), id "
+                            "LIMIT $2", salt, sample)
+    return [(r["id"], r["collection_name"], _array(r["vector"])) for r in rows]
+
+
+async def _exact(conn, spec: pgv.VectorTableSpec, collection: str, vector: np.ndarray) -> set[str]:
+    """The exact top 10 within the collection: no index (a sequential scan over its rows)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL enable_indexscan = off")
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        rows = await conn.fetch(f"SELECT id FROM document_chunk WHERE collection_name = $2 "
+                                f"ORDER BY vector <=> CAST($1::text AS {spec.column_type}) LIMIT $3",
+                                pgv.vector_literal(vector, spec.dimension), collection, K)
+    return {r["id"] for r in rows}
+
+
+async def _largest(conn, name: str) -> int:
+    """ivfflat: its lists (more probes than lists is an exact scan already); hnsw: the largest candidate."""
+    if name != "ivfflat.probes":
+        return CANDIDATES[name][-1]
+    definition = (await pgv.table_indexes(conn))[pgv.VECTOR_INDEX]["definition"]
+    digits = "".join(ch for ch in definition.split("lists", 1)[-1] if ch.isdigit())
+    return int(digits) if digits else CANDIDATES[name][-1]
+
+
+def _array(value) -> np.ndarray:
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+async def _alter(conn, database: str, clause: str) -> None:
+    try:
+        await conn.execute(f'ALTER DATABASE "{database.replace(chr(34), chr(34) * 2)}" {clause}')
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PreflightError(f"not allowed to change the defaults of database {database}", detail=str(exc),
+                             hint=f"run tune-search as the database's owner, or have a DBA run: ALTER DATABASE "
+                                  f"{database} {clause}") from None
+
+
+def _note(out: Tuning, dry_run: bool) -> str:
+    best = out.measured.get(out.chosen or "", {})
+    reached = best.get("recall_at_10", 0.0) >= out.target_recall
+    what = (f"{out.setting} = {out.chosen} reaches recall@10 {best.get('recall_at_10')} (target "
+            f"{out.target_recall})" if reached else
+            f"WARNING: no value up to {out.chosen} reaches {out.target_recall} (best {best.get('recall_at_10')}); "
+            "consider PGVECTOR_INDEX_METHOD=hnsw")
+    if dry_run:
+        return f"{what}; dry run: nothing changed (the database's default is {out.before})"
+    return (f"{what}; set as the default of database {out.database} (was {out.before}): HridaAI's new sessions "
+            f"use it. Undo: migrate tune-search --reset")
+
