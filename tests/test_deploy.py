@@ -272,7 +272,7 @@ def test_runbook_names_real_commands_files_and_exit_codes():
     from migrator.cli import main
 
     text = (DEPLOY / "RUNBOOK.md").read_text()
-    used = set(re.findall(r"(?:run --rm migrate|-- migrate) (\w+)", text))  # compose and kubectl exec lines
+    used = set(re.findall(r"(?:run --rm migrate|-- migrate) (\w[\w-]*)", text))  # compose and kubectl exec lines
     assert {"config", "snapshot", "plan", "run", "verify", "status"} <= used <= set(main.commands), used
     for path in set(re.findall(r"\bdeploy/(?:kubernetes\b|[\w/.-]+\.\w+)", text)):  # not kubectl's deploy/NAME
         assert (ROOT / path).exists(), path
