@@ -109,9 +109,10 @@ def _search_warning(search: dict, low: list[str]) -> str:
     """Why HridaAI's searches miss neighbours here, and what to do."""
     cause = (f"index {search['method']} ({search['index']}), pgvector {search['pgvector']}, "
              f"ivfflat.probes={search['ivfflat.probes']}, hnsw.ef_search={search['hnsw.ef_search']}")
-    remedy = ("raise the probes HridaAI's sessions start with: ALTER DATABASE <db> SET ivfflat.probes = 10 (or more; "
-              "RESET undoes it), or use PGVECTOR_INDEX_METHOD=hnsw" if search["method"] == "ivfflat" else
-              "raise hnsw.ef_search for the database: ALTER DATABASE <db> SET hnsw.ef_search = 100")
+    remedy = ("`migrate tune-search` sets the smallest ivfflat.probes reaching recall 0.95 as the database's default "
+              "(ALTER DATABASE <db> SET ivfflat.probes = N, which HridaAI's sessions inherit; `--reset` undoes it), "
+              "or use PGVECTOR_INDEX_METHOD=hnsw" if search["method"] == "ivfflat" else
+              "`migrate tune-search` raises hnsw.ef_search for the database (ALTER DATABASE <db> SET hnsw.ef_search)")
     return (f"HridaAI's own search statement finds {search['recall_at_10']} of the exact top 10 overall; below "
             f"{SEARCH_RECALL_WARN} in {len(low)} collections ({', '.join(low[:SHOW])}): {cause}. Remedy: {remedy}")
 
