@@ -32,6 +32,7 @@ MAX_INDEXED_VECTOR_DIM = 2000  # pgvector cannot index vector(N) above this; Hri
 HALFVEC_MIN_VERSION = (0, 7, 0)
 
 _registered: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_versions: "weakref.WeakKeyDictionary[Any, str | None]" = weakref.WeakKeyDictionary()  # conn -> pgvector version
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,10 @@ async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, q
     VALUES row cast to vector(N) (halfvec(N)), a LATERAL subquery per query vector ordered by `<=>`, LIMIT k. The
     planner picks its plan for this shape, which may not be the plan of a plain `ORDER BY ... LIMIT`."""
     literal = vector_literal(query, spec.dimension)
+    if conn not in _versions:  # asked once per connection: a search's measured latency is the search alone
+        _versions[conn] = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    version = _versions[conn]
     async with conn.transaction():
-        version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         if version and version_tuple(version) >= ITERATIVE_SCAN_MIN_VERSION:
             await conn.execute(f"SET LOCAL {spec.method}.iterative_scan = relaxed_order")
         for name, value in (session or {}).items():  # what a database default would give HridaAI's sessions
