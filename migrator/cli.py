@@ -152,10 +152,14 @@ def verify(sample_size: int | None, **kw) -> None:
 @click.option("--seed", type=int, default=1, show_default=True, help="Which chunks are drawn.")
 @click.option("--dry-run", is_flag=True, help="Measure only; change nothing.")
 @click.option("--reset", is_flag=True, help="Undo: the server's default probes / ef_search again.")
-def tune_search(target_recall: float, sample: int, seed: int, dry_run: bool, reset: bool, **kw) -> None:
+@click.option("--when-not-owner", type=click.Choice(["fail", "print"]), default="fail", show_default=True,
+              help="If this role may not change the database's defaults: exit 4, or print the statement for its "
+                   "owner and exit 0 (the Job's step).")
+def tune_search(target_recall: float, sample: int, seed: int, dry_run: bool, reset: bool, when_not_owner: str,
+                **kw) -> None:
     """Set the smallest ivfflat.probes (hnsw.ef_search) reaching --target-recall as the database's default."""
     _invoke(commands.tune_search, kw, target_recall=target_recall, sample=sample, seed=seed, dry_run=dry_run,
-            reset=reset)
+            reset=reset, when_not_owner=when_not_owner)
 
 
 @main.command()

@@ -126,7 +126,7 @@ def verify(settings: Settings) -> Outcome:
 
 
 def tune_search(settings: Settings, *, target_recall: float, sample: int, seed: int, dry_run: bool,
-                reset: bool) -> Outcome:
+                reset: bool, when_not_owner: str = "fail") -> Outcome:
     """`migrate tune-search`: measure HridaAI's search recall and set the smallest ivfflat.probes / hnsw.ef_search
     reaching `target_recall` as the pgvector database's default (`--dry-run` measures only, `--reset` undoes it).
 
@@ -135,7 +135,8 @@ def tune_search(settings: Settings, *, target_recall: float, sample: int, seed: 
 
     settings, notes = _target(settings, start=True)
     result = asyncio.run(tune.tune(settings, vectors_plan.spec_of(settings), target_recall=target_recall,
-                                   sample=sample, seed=seed, dry_run=dry_run, reset=reset))
+                                   sample=sample, seed=seed, dry_run=dry_run, reset=reset,
+                                   when_not_owner=when_not_owner))
     return Outcome(result, notes)
 
 

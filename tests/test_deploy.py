@@ -217,7 +217,8 @@ def test_failure_policy_matches_the_exit_codes():
 def test_job_steps_resume_and_verify_each_as_pid_1():
     job = _job()
     steps = [c.get("args") for c in _containers(job)]
-    assert steps == [["config"], ["plan"], ["run", "--resume"], ["verify"]]
+    assert steps == [["config"], ["plan"], ["run", "--resume"], ["tune-search", "--when-not-owner", "print"],
+                     ["verify"]]
     assert all("command" not in c for c in _containers(job))  # the image's ENTRYPOINT migrate, no shell: signals arrive
     grace = job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= 30

@@ -130,7 +130,7 @@ def readonly_data(job_root):
 
 def test_job_steps_with_a_killed_pod_then_a_retry(readonly_data, target_url, job_root):
     steps = _steps()
-    assert list(steps) == ["config", "plan", "load", "verify"]
+    assert list(steps) == ["config", "plan", "load", "tune-search", "verify"]
     before = tree_digest(readonly_data)
     runner = Runner(target_url)
     if runner.enforced:  # the copy is really read-only for the steps

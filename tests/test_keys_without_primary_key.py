@@ -65,3 +65,38 @@ def test_tables_without_a_primary_key_are_keyed_by_their_unique_index(target_url
     fixups = [json.loads(line) for line in (tmp_path / "w" / "reports" / "fixups.jsonl").read_text().splitlines()]
     keys = [json.loads(f["key"]) for f in fixups if f["unit"].split("#")[0] == "chat"]
     assert keys == [[chat_id]], fixups  # the id an operator can look up, not a rowid
+
+
+def test_a_table_without_any_key_is_compared_as_a_multiset_of_full_rows(target_url, tmp_path):
+    _peewee_shaped(target_url)
+    query(target_url, 'DROP INDEX "memory_id"')  # memory: no primary key, no unique index at all
+    data, _ = _older_install(tmp_path)
+    db = sqlite3.connect(data / "hridaai.db")
+    n_memory = db.execute("SELECT count(*) FROM memory").fetchone()[0]
+    db.close()
+    assert n_memory >= 2
+    common = ["--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+              "--log-format", "none"]
+    plan = json.loads(run_cli("plan", *common, "--json").stdout)
+    assert {t["name"]: t["key"] for t in plan["tables"]}["memory"] == []
+    assert [c["message"].split()[0] for c in plan["checks"] if c["code"] == "no-key-multiset"] == ["memory"]
+    assert run_cli("run", *common).returncode == 0
+
+    verify = run_cli("verify", *common, "--json")
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr
+    entry = json.loads(verify.stdout)["tables"]["memory"]
+    assert entry["match"] and entry["compared_as"].startswith("multiset") and entry["target_rows"] == n_memory
+
+    # one row changed, one row doubled: the multiset sees both, names rows by digest, never by a rowid
+    query(target_url, "UPDATE memory SET content = content || '!' WHERE id = (SELECT min(id) FROM memory)")
+    query(target_url, "INSERT INTO memory SELECT * FROM memory WHERE id = (SELECT max(id) FROM memory)")
+    verify = run_cli("verify", *common, "--json")
+    assert verify.returncode == 3, verify.stdout[-3000:] + verify.stderr
+    report = json.loads(verify.stdout)
+    entry = report["tables"]["memory"]
+    assert not entry["match"]
+    assert len(entry["missing"]) == 1 and len(entry["extra"]) == 2 and entry["changed"] == [], entry
+    assert all(k.startswith("row:") for k in entry["missing"] + entry["extra"]), entry
+    problems = [p for p in report["problems"] if p.startswith("memory:")]
+    assert any("1 rows missing in target (no key" in p for p in problems), problems
+    assert any("rows extra in target (no key" in p for p in problems), problems

@@ -6,6 +6,7 @@ is low, and measures again what the database's sessions inherit (`ALTER DATABASE
 from __future__ import annotations
 
 import json
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -40,6 +41,11 @@ def _verify(common: list[str]) -> dict:
 
 
 def test_verify_measures_hridaai_search_and_follows_the_database_probes(store, target_url, tmp_path):
+    plan = run_cli("plan", "--data-dir", str(store), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+                   "--log-format", "none", "--json")
+    notes = [c for c in json.loads(plan.stdout)["checks"] if c["code"] == "search-recall-tune"]
+    assert len(notes) == 1 and "6,000 vectors of 24 collections" in notes[0]["message"], plan.stdout[-3000:]
+    assert "migrate tune-search" in notes[0]["hint"]
     common = _migrated(store, target_url, tmp_path)
     assert query(target_url, "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_document_chunk_vector' "
                              "AND indexdef LIKE '%ivfflat%'")[0][0] == 1
@@ -85,3 +91,29 @@ def test_tune_search_sets_the_smallest_probes_reaching_the_target_and_resets(sto
     reset = run_cli("tune-search", *common, "--reset")
     assert reset.returncode == 0 and "Undo" not in reset.stdout and "reset" in reset.stdout, reset.stdout
     assert "ivfflat.probes" not in query(target_url, PROBES)[0][0]
+
+
+def test_tune_search_as_a_role_that_does_not_own_the_database(store, target_url, pg_admin_url, tmp_path):
+    """The Job's step (`--when-not-owner print`) gives the DBA the statement and exits 0; by default it is exit 4."""
+    common = _migrated(store, target_url, tmp_path)
+    role, database = "hm_" + uuid.uuid4().hex[:8], urlsplit(target_url).path.lstrip("/")
+    query(pg_admin_url, f"CREATE ROLE {role} LOGIN PASSWORD 'not-the-owner'")
+    query(target_url, f'GRANT CONNECT ON DATABASE "{database}" TO {role}')
+    query(target_url, f"GRANT SELECT ON document_chunk TO {role}")
+    parts = urlsplit(target_url)
+    as_role = parts._replace(netloc=f"{role}:not-the-owner@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
+    args = [a if a != target_url else as_role for a in common]
+    try:
+        refused = run_cli("tune-search", *args)
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert f"not allowed to change the defaults of database {database}" in refused.stdout + refused.stderr
+        printed = run_cli("tune-search", *args, "--when-not-owner", "print", "--json")
+        assert printed.returncode == 0, printed.stdout + printed.stderr
+        doc = json.loads(printed.stdout)
+        assert not doc["applied"] and int(doc["chosen"]) > 1
+        assert doc["for_dba"] == f'ALTER DATABASE "{database}" SET ivfflat.probes = {doc["chosen"]};'
+        assert "does not own database" in doc["note"] and doc["for_dba"] in doc["note"]
+        assert "ivfflat.probes" not in query(target_url, PROBES)[0][0]
+    finally:
+        query(target_url, f"DROP OWNED BY {role}")
+        query(pg_admin_url, f"DROP ROLE {role}")

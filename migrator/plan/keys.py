@@ -1,5 +1,6 @@
 """How a table's rows are keyed in verify, fixups, quarantine and resume: the target's primary key, else a unique
-index the source data satisfies, else nothing (the rowid; verify cannot match such rows to the target's).
+index the source data satisfies, else nothing: verify then compares the table as a multiset of full rows (each
+row keyed by its own digest on both sides), and fixups and quarantine can only name its rows by SQLite rowid.
 
 Tables that HridaAI's Peewee-era migrations created (0.1–0.3; they survive in older installs' PostgreSQL
 databases) have `id varchar(255)` with a UNIQUE index and no primary key: keying them by rowid would compare
@@ -33,6 +34,11 @@ def check(table: str, columns: list[str], index: str | None) -> Check | None:
     if index is not None:
         return Check("info", "key-from-unique-index", f"{table} has no primary key: its rows are keyed by the "
                      f"unique index {index} ({', '.join(columns)}) in verify, fixups and quarantine")
+    if not columns:
+        return Check("warn", "no-key-multiset", f"{table} has no primary key and no unique index the source data "
+                     "satisfies: verify compares it as a multiset of full rows (counts and contents, differences "
+                     "named by row digest); fixups and quarantine name its rows by SQLite rowid "
+                     "(resume is unaffected: each part commits with its ledger row)")
     return None
 
 

@@ -66,6 +66,7 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
     plan.vectors = VectorPlan(kind, mask_dsn(settings.pgvector_url), spec, list(infos), collisions,
                               _summary(infos, spec))
     plan.checks += _checks(infos, spec, collisions)
+    plan.checks += _search_checks(infos, spec)
     await _target_checks(settings, plan, spec)
 
 
@@ -193,6 +194,24 @@ async def _may_create_vector(conn) -> bool:
         "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR ("
         "  coalesce((SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = 'vector'), false)"
         "  AND has_database_privilege(current_database(), 'CREATE'))"))
+
+
+def _search_checks(infos, spec: pgv.VectorTableSpec) -> list[Check]:
+    """Past HridaAI's threshold its searches go through an approximate index shared by every collection: say that
+    verify measures the recall HridaAI will get and that tune-search is the remedy (before anything is loaded,
+    recall cannot be measured)."""
+    total, collections = sum(i.count for i in infos), sum(1 for i in infos if i.count)
+    threshold = 50 * spec.ivfflat_lists if spec.method == "ivfflat" else 1
+    if total < threshold or collections < 2:
+        return []
+    knob = "ivfflat.probes (1 unless the database sets it)" if spec.method == "ivfflat" else "hnsw.ef_search (40)"
+    index = f"ivfflat, lists={spec.ivfflat_lists}" if spec.method == "ivfflat" else "hnsw"
+    return [Check("info", "search-recall-tune", f"document_chunk will hold {total:,} vectors of {collections:,} "
+                  f"collections, past HridaAI's threshold for its vector index ({index}): HridaAI's searches within "
+                  f"one collection then go through that shared index with {knob}, which can miss neighbours",
+                  hint="after `migrate run`, `migrate verify` measures the recall@10 HridaAI's own search statement "
+                       "gets; if it is below 0.95, `migrate tune-search` sets the smallest value that reaches it "
+                       "(RUNBOOK: Search quality)")]
 
 
 def _summary(infos, spec: pgv.VectorTableSpec) -> str:

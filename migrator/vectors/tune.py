@@ -37,6 +37,7 @@ class Tuning:
     chosen: str | None = None
     applied: bool = False
     note: str = ""
+    for_dba: str | None = None  # the statement to run as the owner, when this role may not (--when-not-owner print)
 
     def asdict(self) -> dict:
         """JSON form."""
@@ -52,8 +53,12 @@ class Tuning:
 
 
 async def tune(settings: Settings, spec: pgv.VectorTableSpec, *, target_recall: float, sample: int, seed: int,
-               dry_run: bool, reset: bool) -> Tuning:
-    """Measure (and unless dry_run, set) the smallest value reaching `target_recall`; or reset it."""
+               dry_run: bool, reset: bool, when_not_owner: str = "fail") -> Tuning:
+    """Measure (and unless dry_run, set) the smallest value reaching `target_recall`; or reset it.
+
+    A role that does not own the database may not change its defaults: PreflightError, or with
+    `when_not_owner="print"` the statement for a DBA in the result (the Job's step must not fail a finished
+    migration over a search setting, nor hide it)."""
     conn = await pgt.connect(settings.pgvector_url or settings.target_url)
     try:
         await pgv.register(conn)
@@ -63,14 +68,14 @@ async def tune(settings: Settings, spec: pgv.VectorTableSpec, *, target_recall: 
         if name is None:
             out.note = "document_chunk has no vector index: HridaAI searches exactly, nothing to tune"
         elif reset:
-            await _alter(conn, out.database, f"RESET {name}")
-            out.note = f"reset: {name} is the server's default again for new sessions of {out.database}"
+            out.applied = await _alter(conn, out, f"RESET {name}", when_not_owner)
+            out.note = (f"reset: {name} is the server's default again for new sessions of {out.database}"
+                        if out.applied else _not_owner(out))
         else:
             await _measure(conn, spec, name, out, sample=sample, seed=seed)
             if not dry_run and out.chosen is not None:
-                await _alter(conn, out.database, f"SET {name} = {int(out.chosen)}")
-                out.applied = True
-            out.note = _note(out, dry_run)
+                out.applied = await _alter(conn, out, f"SET {name} = {int(out.chosen)}", when_not_owner)
+            out.note = _note(out, dry_run) if out.for_dba is None else f"{_note(out, True)}\n{_not_owner(out)}"
         return out
     finally:
         await pgt.close_quietly(conn)
@@ -128,13 +133,24 @@ def _array(value) -> np.ndarray:
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
 
-async def _alter(conn, database: str, clause: str) -> None:
+async def _alter(conn, out: Tuning, clause: str, when_not_owner: str) -> bool:
+    """ALTER DATABASE ... <clause>: True when done; False (out.for_dba set) when not permitted and told to print."""
+    statement = f'ALTER DATABASE "{out.database.replace(chr(34), chr(34) * 2)}" {clause}'
     try:
-        await conn.execute(f'ALTER DATABASE "{database.replace(chr(34), chr(34) * 2)}" {clause}')
+        await conn.execute(statement)
+        return True
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise PreflightError(f"not allowed to change the defaults of database {database}", detail=str(exc),
-                             hint=f"run tune-search as the database's owner, or have a DBA run: ALTER DATABASE "
-                                  f"{database} {clause}") from None
+        if when_not_owner != "print":
+            raise PreflightError(f"not allowed to change the defaults of database {out.database}", detail=str(exc),
+                                 hint=f"run tune-search as the database's owner, or have a DBA run: {statement}"
+                                 ) from None
+        out.for_dba = statement + ";"
+        return False
+
+
+def _not_owner(out: Tuning) -> str:
+    return (f"WARNING: this role does not own database {out.database}, so nothing was changed; have its owner "
+            f"run: {out.for_dba}")
 
 
 def _note(out: Tuning, dry_run: bool) -> str:

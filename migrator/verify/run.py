@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
@@ -127,6 +128,8 @@ async def _table(conn, where: pool.Sides, plan: Plan, job: pool.TableJob, sides:
     src_sum, tgt_sum = source.sums, target.sums
     entry = {"source_rows": source.rows, "target_rows": tgt_sum.count, "quarantined": len(q_keys),
              "checksum_source": src_sum.total(), "checksum_target": tgt_sum.total(), "match": True}
+    if not t.key:
+        entry["compared_as"] = "multiset of full rows (no primary key, no unique index the source satisfies)"
     if source.rows != tgt_sum.count + len(q_keys):
         entry["match"] = False
         report.problems.append(f"{t.name}: source {source.rows} rows != target {tgt_sum.count} + quarantined "
@@ -156,29 +159,39 @@ async def _localise(conn, where: pool.Sides, plan: Plan, job: pool.TableJob, buc
     """Second pass over the differing buckets only: which keys are missing, extra or changed."""
     t = job.table
     conv = TableConverter(t, where.policies)
-    src_map: dict[str, int] = {}
+    src_rows: list[tuple[str, int]] = []
     lite = src.connect(where.db_path, immutable=True)
     try:
         for batch in vt.source_batches(lite, t, conv, job.set_null):
-            src_map.update(_in_buckets(batch, buckets, job.q_keys))
+            src_rows += _in_buckets(t, batch, buckets, job.q_keys)
     finally:
         lite.close()
-    tgt_map: dict[str, int] = {}
+    tgt_rows: list[tuple[str, int]] = []
     async for batch in vt.target_batches(conn, plan.schema, t):
-        tgt_map.update(_in_buckets(batch, buckets, set()))
-    missing = sorted(set(src_map) - set(tgt_map))
-    extra = sorted(set(tgt_map) - set(src_map))
-    changed = sorted(k for k in set(src_map) & set(tgt_map) if src_map[k] != tgt_map[k])
+        tgt_rows += _in_buckets(t, batch, buckets, set())
+    if t.key:
+        src_map, tgt_map = dict(src_rows), dict(tgt_rows)
+        missing = sorted(set(src_map) - set(tgt_map))
+        extra = sorted(set(tgt_map) - set(src_map))
+        changed = sorted(k for k in set(src_map) & set(tgt_map) if src_map[k] != tgt_map[k])
+    else:  # a multiset of full rows: a changed row is one missing and one extra
+        src_n, tgt_n = Counter(k for k, _ in src_rows), Counter(k for k, _ in tgt_rows)
+        missing = sorted(f"{k} x{n}" if n > 1 else k for k, n in (src_n - tgt_n).items())
+        extra = sorted(f"{k} x{n}" if n > 1 else k for k, n in (tgt_n - src_n).items())
+        changed = []
     for label, keys in (("missing in target", missing), ("extra in target", extra), ("changed", changed)):
         if keys:
-            report.problems.append(f"{t.name}: {len(keys)} rows {label}: {', '.join(keys[:SHOW])}")
+            how = "" if t.key else " (no key: rows named by their digest)"
+            report.problems.append(f"{t.name}: {len(keys)} rows {label}{how}: {', '.join(keys[:SHOW])}")
     return {"missing": missing[:SHOW], "extra": extra[:SHOW], "changed": changed[:SHOW]}
 
 
-def _in_buckets(batch: vt.Batch, buckets: set[int], q_keys: set[str]) -> dict[str, int]:
-    """{key: row digest} of the batch's rows that fall in `buckets` (and are not quarantined)."""
-    digests, batch.nbytes = batch_digests(batch.columns, len(batch.keys))
-    return {k: d for k, b, d in zip(batch.keys, buckets_of(batch.keys), digests) if b in buckets and k not in q_keys}
+def _in_buckets(t: TablePlan, batch: vt.Batch, buckets: set[int], q_keys: set[str]) -> list[tuple[str, int]]:
+    """(key, row digest) of the batch's rows that fall in `buckets` (and are not quarantined)."""
+    kept = vt.drop(batch, q_keys)
+    digests, batch.nbytes = batch_digests(kept.columns, len(kept.keys))
+    keys = vt.row_keys(t, kept, digests)
+    return [(k, d) for k, b, d in zip(keys, buckets_of(keys), digests) if b in buckets]
 
 
 async def _sample(conn, plan: Plan, samples: list, report: VerifyReport) -> None:

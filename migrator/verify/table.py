@@ -80,6 +80,14 @@ def target_keys(key_columns: list[Sequence], n: int) -> list[str]:
     return [ledger.dumps(list(vals)) for vals in zip(*key_columns)]
 
 
+def row_keys(t: TablePlan, batch: Batch, digests: Sequence[int]) -> list[str]:
+    """The keys rows are bucketed and reported by: the table's key, or for a table without one (no primary key, no
+    unique index the source satisfies) the row's own digest, so both sides compare as multisets of full rows."""
+    if t.key:
+        return batch.keys
+    return ["row:%032x" % d for d in digests]
+
+
 def source_batches(lite, t: TablePlan, conv: TableConverter, set_null: dict[str, list[str]]) -> Iterator[Batch]:
     """Converted batches of the snapshot's rows, with the load's orphan_set_null fixups applied; each about
     BATCH_BYTES once the consumer has set the previous batch's nbytes."""
@@ -114,7 +122,7 @@ def _set_null(keys: list[str], columns: list[list], idx: dict[str, int], set_nul
             columns[idx[column]][i] = None
 
 
-def _drop(batch: Batch, q_keys: set[str]) -> Batch:
+def drop(batch: Batch, q_keys: set[str]) -> Batch:
     """The batch without rows the ledger quarantined."""
     if not q_keys:
         return batch
@@ -136,9 +144,9 @@ def source_side(db_path: Path, t: TablePlan, policies: dict, q_keys: set[str], s
         for batch in source_batches(lite, t, conv, set_null):
             result.rows += batch.read
             result.unledgered += [q for q in batch.quarantined if q not in q_keys]
-            kept = _drop(batch, q_keys)
+            kept = drop(batch, q_keys)
             digests, batch.nbytes = batch_digests(kept.columns, len(kept.keys))
-            result.sums.add_many(buckets_of(kept.keys), digests)
+            result.sums.add_many(buckets_of(row_keys(t, kept, digests)), digests)
             seen = _reservoir(result.sample, kept, k, rng, seen)
     finally:
         lite.close()
@@ -179,7 +187,7 @@ async def target_sum(conn, schema: str, t: TablePlan) -> SideResult:
     result = SideResult(0, TableSum())
     async for batch in target_batches(conn, schema, t):
         digests, batch.nbytes = batch_digests(batch.columns, batch.read)
-        result.sums.add_many(buckets_of(batch.keys), digests)
+        result.sums.add_many(buckets_of(row_keys(t, batch, digests)), digests)
         result.rows += batch.read
     return result
 
