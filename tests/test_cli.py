@@ -198,7 +198,7 @@ def test_job_pod_failure_policy_follows_the_exit_code_table():
     assert pod["restartPolicy"] == "Never"  # podFailurePolicy requires it
     rules = spec["podFailurePolicy"]["rules"]
     containers = [c["name"] for c in pod.get("initContainers", []) + pod["containers"]]
-    assert containers == ["config", "plan", "load", "verify"]
+    assert containers == ["config", "plan", "load", "tune-search", "verify"]
     load = next(c for c in pod["initContainers"] if c["name"] == "load")
     assert load["args"] == ["run", "--resume"]  # a retried pod continues the ledger
     retried = {code for code, meaning in readme_exit_codes().items() if "--resume" in meaning}
