@@ -7,7 +7,8 @@ kill aimed at a 20 ms phase by a timer misses it on a fast machine. Unset (alway
 dict lookup per event.
 
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
-vectors (a collection's load starts), index (secondary or vector index builds), stamp (sequences, alembic).
+vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
+groups have not), index (secondary or vector index builds), stamp (sequences, alembic).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import signal
 
 ENV = "HRIDAAI_MIGRATE_STOP_AT"
-POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "index", "stamp")
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp")
 _FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
                    "sequences": "stamp", "alembic": "stamp"}
 _stopped: set[str] = set()
@@ -25,6 +26,8 @@ _stopped: set[str] = set()
 def point_of(event: dict) -> str | None:
     """The phase (one of POINTS, or a finalize step's own name) that a progress event belongs to."""
     stage = event.get("stage")
+    if stage == "vectors" and "group" in event:
+        return "vector-group"
     if stage in ("snapshot", "plan", "schema", "vectors"):
         return stage
     if stage == "load":

@@ -130,6 +130,38 @@ async def record_batch(conn: asyncpg.Connection, *, unit: str, batch_no: int, sn
         unit, batch_no, snapshot_id, first_key, last_key, rows, len(quarantine), nbytes, len(fixups))
 
 
+@dataclass(frozen=True)
+class WholeUnit:
+    """A unit loaded in one batch (batch 1, keys 0 .. last_key) and done with it: a small collection of a group."""
+
+    unit: str
+    last_key: int
+    rows: int
+    nbytes: int
+    quarantine: list[tuple]
+    fixups: list[tuple]
+
+
+async def record_whole_units(conn: asyncpg.Connection, snapshot_id: str, units: list[WholeUnit]) -> None:
+    """Ledger rows, quarantined rows and fixups of units each loaded whole in the caller's transaction (one COPY for
+    many small units), and the units marked done: a handful of round trips for any number of units."""
+    quarantine = [(u.unit, key, reason, policy, column, row_json, 1)
+                  for u in units for key, reason, policy, column, row_json in u.quarantine]
+    if quarantine:
+        await conn.copy_records_to_table("quarantine", schema_name=OWN_SCHEMA, records=quarantine, columns=[
+            "unit", "key", "reason", "policy", "column_name", "row_json", "batch_no"])
+    fixups = [(u.unit, key, column, policy, action, original, 1)
+              for u in units for key, column, policy, action, original in u.fixups]
+    if fixups:
+        await conn.copy_records_to_table("fixup", schema_name=OWN_SCHEMA, records=fixups, columns=[
+            "unit", "key", "column_name", "policy", "action", "original", "batch_no"])
+    await conn.executemany(
+        f"INSERT INTO {SCHEMA}.batch (unit, batch_no, snapshot_id, first_key, last_key, rows, quarantined, bytes, fixups) "
+        "VALUES ($1, 1, $2, 0, $3, $4, $5, $6, $7)",
+        [(u.unit, snapshot_id, u.last_key, u.rows, len(u.quarantine), u.nbytes, len(u.fixups)) for u in units])
+    await conn.execute(f"UPDATE {SCHEMA}.unit SET done = true WHERE unit = ANY($1::text[])", [u.unit for u in units])
+
+
 async def mark_unit_done(conn: asyncpg.Connection, unit: str) -> None:
     """A unit whose every batch is committed."""
     await conn.execute(f"UPDATE {SCHEMA}.unit SET done = true WHERE unit = $1", unit)

@@ -73,6 +73,34 @@ _GENERATE = textwrap.dedent('''
     small.add(ids=[f"s{j}" for j in range(300)], embeddings=vecs(300, 8),
               metadatas=[{"j": j} for j in range(300)])
     small.delete(ids=["s3"])
+
+    # every operation kind left in the queue (never persisted), per space
+    for space in ("cosine", "l2", "ip"):
+        q = client.create_collection(f"queue-ops-{space}", metadata={"hnsw:space": space},
+                                     embedding_function=None)
+        q.add(ids=[f"q{j}" for j in range(50)], embeddings=vecs(50, 8), documents=[f"q{j}" for j in range(50)])
+        q.delete(ids=["q1", "q2", "nope"])                    # DELETE of held ids, and of an id never added
+        q.add(ids=["q1"], embeddings=vecs(1, 8))               # DELETE then ADD: the new vector
+        q.update(ids=["q2"], embeddings=vecs(1, 8))            # UPDATE of a deleted id: ignored
+        q.upsert(ids=["q3", "q60"], embeddings=vecs(2, 8))     # UPSERT: replaces, and adds
+        q.update(ids=["q4"], metadatas=[{"m": 1}])  # UPDATE without a vector keeps the vector
+        q.add(ids=["q5"], embeddings=vecs(1, 8))               # ADD of a held id: ignored
+        q.update(ids=["q6"], embeddings=vecs(1, 8))
+        q.update(ids=["q6"], embeddings=vecs(1, 8))            # the last one wins
+    # persisted, then every operation kind on top of the files
+    p = client.create_collection("persisted-then-ops", metadata={"hnsw:space": "cosine"},
+                                 embedding_function=None)
+    p.add(ids=[f"p{j}" for j in range(1200)], embeddings=vecs(1200, 8))
+    p.delete(ids=["p1", "p2"])
+    p.add(ids=["p1", "p0"], embeddings=vecs(2, 8))
+    p.upsert(ids=["p3", "p2000"], embeddings=vecs(2, 8))
+    p.update(ids=["p4", "p2"], embeddings=vecs(2, 8))
+    p.delete(ids=["p7"])
+    # everything deleted: an empty id map once persisted
+    e = client.create_collection("emptied", embedding_function=None)
+    e.add(ids=[f"e{j}" for j in range(1100)], embeddings=vecs(1100, 4))
+    e.delete(ids=[f"e{j}" for j in range(1100)])
+    e.add(ids=["e5", "fresh"], embeddings=vecs(2, 4))
 ''')
 
 
@@ -132,11 +160,16 @@ def test_real_fixtures_equal_chromadb(fixture: Path, tmp_path: Path) -> None:
 
 def test_generated_store_equals_chromadb(generated: Path, tmp_path: Path) -> None:
     readers = _compare_store(generated, tmp_path)
+    assert all(r.fallback_count == 0 for r in readers.values())  # chromadb is never needed
     big = readers["big-cosine"]
-    assert 0 < big.fallback_count < big.count / 10  # mostly from the files, the tail via chromadb
+    assert 0 < big.queue_count < big.count / 10  # mostly from the files, the tail from the queue
     for name in ("full-l2", "full-ip", "full-default"):
-        assert readers[name].count == 1000 and readers[name].fallback_count == 0
-    assert readers["small-cosine"].fallback_count == 299  # never persisted: all via chromadb
+        assert readers[name].count == 1000 and readers[name].queue_count == 0
+    assert readers["small-cosine"].queue_count == 299  # never persisted: all from the queue
+    for space in ("cosine", "l2", "ip"):
+        assert readers[f"queue-ops-{space}"].count == readers[f"queue-ops-{space}"].queue_count == 50
+    assert 0 < readers["persisted-then-ops"].queue_count < 10 and readers["persisted-then-ops"].count == 1199
+    assert readers["emptied"].count == 2
 
 
 def test_order_is_ascending_metadata_rowid(generated: Path, tmp_path: Path) -> None:
@@ -208,10 +241,20 @@ def test_refuses_pickle_with_classes_without_unpickling_them(generated: Path, tm
     assert not marker.exists()
 
 
-def test_refuses_unpersisted_vectors_without_fallback(generated: Path, tmp_path: Path) -> None:
-    direct = chroma_direct.open_store(_copy(generated, tmp_path / "s"))
-    assert direct.reader("big-cosine") is None and direct.reader("small-cosine") is None
-    assert direct.reader("full-default").fallback_count == 0  # needs no chromadb at all
+def test_queue_rows_it_does_not_know_go_through_chromadb(generated: Path, tmp_path: Path) -> None:
+    store = _copy(generated, tmp_path / "s")
+    db = sqlite3.connect(store / "chroma.sqlite3")
+    topic = "persistent://default/default/" + db.execute(
+        "SELECT id FROM collections WHERE name = 'queue-ops-l2'").fetchone()[0]
+    db.execute("UPDATE embeddings_queue SET operation = 7 WHERE seq_id = (SELECT max(seq_id) FROM embeddings_queue "
+               "WHERE topic = ?)", (topic,))
+    db.commit()
+    db.close()
+    direct = chroma_direct.open_store(store)
+    assert direct.reader("queue-ops-l2") is None  # without chromadb to fall back on: refused
+    assert direct.reader("queue-ops-ip").fallback_count == 0  # the other collections are not concerned
+    assert direct.reader("small-cosine").fallback_count == 0 and direct.reader("big-cosine").fallback_count == 0
+    assert direct.reader("full-default").fallback_count == 0
     assert direct.reader("no-such-collection") is None
     direct.close()
 
@@ -273,3 +316,24 @@ def _assert_catalog_equal(store_dir: Path) -> None:
     want = chroma.describe_client(client, scan=False)
     assert [g.__dict__ for g in got] == [w.__dict__ for w in want]
     assert got_ids == {w.name: vectors_source.ids(client, w.name) for w in want}
+
+
+def test_verify_cross_check_finds_a_direct_reader_that_disagrees_with_chromadb(generated, tmp_path, monkeypatch):
+    """verify reads the source with the direct reader and re-reads a sample through chromadb: a reader off by the
+    last bit of one vector is caught (here: the cosine round trip of queue-held vectors left out)."""
+    from types import SimpleNamespace
+
+    from migrator.sources.chroma import queue as chroma_queue
+    from migrator.vectors import verify as vectors_verify
+
+    store = _copy(generated, tmp_path / "snap")
+    (tmp_path / "w").mkdir()
+    job = vectors_verify.CrossCheckJob(SimpleNamespace(work_dir=tmp_path / "w"),
+                                       SimpleNamespace(vector_path=store, snapshot_id="s1"),
+                                       ["small-cosine", "full-l2"])
+    assert vectors_verify.w_cross_check(job) == {"collections": 2, "chunks": 1299, "differs": []}
+    assert not (tmp_path / "w" / "chroma-check").exists()
+    monkeypatch.setattr(chroma_queue, "hnsw_round_trip", lambda v: v)
+    found = vectors_verify.w_cross_check(job)
+    assert found["chunks"] == 1299 and len(found["differs"]) > 100
+    assert all(d.startswith("small-cosine/") for d in found["differs"])  # full-l2 is read from the HNSW files

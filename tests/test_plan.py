@@ -94,7 +94,8 @@ def expected_work_entries() -> set[str]:
     return {
         ".lock",  # snapshot.py: the work-dir lock two commands started at once wait on
         "snapshot",  # snapshot.py: hridaai.db + vector_db/ + manifest.json (README: migrate snapshot)
-        "chroma-read",  # vectors/source.py: the scratch copy chromadb opens (it rewrites what it opens)
+        # no "chroma-read" (vectors/source.py: the scratch copy chromadb opens, since it rewrites what it opens): the
+        # direct reader knows this store, so chromadb is not needed and no second copy of the store is made
         "reports",  # commands.py: reports/plan.json
         f".chromadb-{importlib.metadata.version('chromadb')}-schema.json",  # sources/chroma/store.py: the cache of
         # the installed chromadb's internal schema versions (to refuse a store a newer chromadb wrote)

@@ -65,6 +65,11 @@ def test_384_and_768_padded_and_exact_and_collisions_quarantined(target_url, tmp
     assert verify.returncode == 0, verify.stdout[-3000:]
     vec = json.loads(verify.stdout)["vectors"]
     assert vec["recall_at_10"] == 1.0 and vec["self_retrieval"]["hits"] == vec["self_retrieval"]["queries"]
+    # read from the files, and every collection (few, small) read again through chromadb and found equal
+    assert vec["source_reader"].startswith("files") and vec["queries_per_collection"] == 20
+    assert vec["cross_check"] == {"collections": 3, "chunks": 380, "differs": []}
+    assert not (tmp_path / "w" / "chroma-check").exists()  # the cross-check's copy is gone, and no full copy made
+    assert not (tmp_path / "w" / "chroma-read").exists()
     # dup ids: kept by the first collection (by name), quarantined in the others
     owners = query(target_url, "SELECT id, collection_name FROM document_chunk WHERE id LIKE 'dup-%' ORDER BY id")
     assert [tuple(r) for r in owners] == [("dup-1", "col-c"), ("dup-2", "col-c")]
@@ -122,6 +127,43 @@ def test_sigkill_during_vector_load_then_resume_exactly_once(target_url, tmp_pat
     done = run_cli("run", "--resume", *common)
     assert done.returncode == 0, done.stderr
     assert query(target_url, "SELECT count(*) FROM document_chunk")[0][0] == 7500
+    verify = run_cli("verify", *common)
+    assert verify.returncode == 0, verify.stdout[-3000:]
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_sigkill_between_groups_of_small_collections_then_resume_exactly_once(target_url, tmp_path):
+    """Small collections load in groups (one COPY, one transaction, a ledger unit each): killed right after the first
+    group committed (the run stops itself there: no timer), a resume loads every other collection once."""
+    sizes = {f"file-{i:02d}": (10 + 13 * i, 16) for i in range(24)}  # 10 .. 309 chunks: several groups of <= 1000
+    data = data_dir_with(tmp_path, sizes)
+    common = args(data, tmp_path / "w", target_url)
+    env = dict(os.environ, HRIDAAI_MIGRATE_STOP_AT="vector-group")
+    json_log = [a if a != "none" else "json" for a in common]  # the failpoint follows the JSON progress events
+    proc = subprocess.Popen(MIGRATE + ["run", "--jobs", "1", *json_log], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and not _stopped(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first group committed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_units = query(target_url, "SELECT unit FROM hridaai_migrate.unit WHERE done AND unit LIKE 'vector:%'")
+    first = {r[0].removeprefix("vector:") for r in done_units}
+    assert 1 < len(first) < len(sizes)  # one group: several collections, not all
+    loaded = query(target_url, "SELECT collection_name, count(*) FROM document_chunk GROUP BY 1")
+    assert {r[0]: r[1] for r in loaded} == {n: sizes[n][0] for n in first}  # whole collections, only those
+
+    resumed = run_cli("run", "--resume", *common)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    total = query(target_url, "SELECT count(*) FROM document_chunk")[0][0]
+    assert total == sum(n for n, _ in sizes.values())
+    batches = query(target_url, "SELECT unit, count(*) FROM hridaai_migrate.batch WHERE unit LIKE 'vector:%' GROUP BY 1")
+    assert {r[0] for r in batches} == {f"vector:{n}" for n in sizes} and {r[1] for r in batches} == {1}
     verify = run_cli("verify", *common)
     assert verify.returncode == 0, verify.stdout[-3000:]
 

@@ -21,6 +21,8 @@ from migrator.targets import pgvector as pgv, postgres as pgt
 from migrator.vectors import source as vectors_source
 
 BATCH = 1000
+GROUP_CHUNKS = BATCH  # collections up to this size are loaded in groups: a COPY per group of up to this many chunks
+GROUP_COLLECTIONS = 500  # ... and of at most this many collections
 BEFORE_STEP = "vector-index-before"  # ledger step: the target's vector index and rows before the load
 PREFIX = ledger.VECTOR_PREFIX
 
@@ -81,7 +83,11 @@ async def _load(ctx: RunContext, conn: asyncpg.Connection) -> None:
     todo = sorted((c for c in vectors.collections if c.count and not units.get(unit_of(c.name), {}).get("done")),
                   key=lambda c: (-c.count, c.name))
     if todo:
-        await _load_collections(ctx, todo, vectors_source.batches(ctx.settings, ctx.snapshot))
+        source = vectors_source.batches(ctx.settings, ctx.snapshot)
+        try:
+            await _load_collections(ctx, todo, source)
+        finally:
+            source.close()
     if ctx.stop.requested:
         return
     if "vector-index" not in steps:
@@ -112,19 +118,43 @@ async def _rebuilt_if_made_before_the_data(conn: asyncpg.Connection, before: str
             f"rows before the load, the table now holds {rows}")
 
 
+def work_items(todo: list[CollectionInfo], committed: dict[str, ledger.UnitProgress]) -> list[list[CollectionInfo]]:
+    """What the worker connections take, biggest first: a collection alone (bigger than GROUP_CHUNKS, or one an
+    earlier run left half loaded: it resumes after its last committed batch), or a group of small ones loaded
+    together (one COPY, each still its own ledger unit, all committed at once: a resume finds each whole or not
+    at all)."""
+    items: list[list[CollectionInfo]] = []
+    group: list[CollectionInfo] = []
+    size = 0
+    for info in todo:
+        if info.count > GROUP_CHUNKS or unit_of(info.name) in committed:
+            items.append([info])
+            continue
+        if group and (size + info.count > GROUP_CHUNKS or len(group) >= GROUP_COLLECTIONS):
+            items.append(group)
+            group, size = [], 0
+        group.append(info)
+        size += info.count
+    return items + ([group] if group else [])
+
+
 async def _load_collections(ctx: RunContext, todo: list[CollectionInfo], source) -> None:
-    """Each worker connection takes the next collection until none is left."""
+    """Each worker connection takes the next collection, or group of small ones, until none is left."""
     settings = ctx.settings
     url = settings.pgvector_url or settings.target_url
     workers = [await pgt.connect(url, bulk=True) for _ in range(min(max(1, settings.jobs), len(todo)))]
-    queue = list(todo)
+    committed = await ledger.progress(workers[0])
+    queue = work_items(todo, committed)
 
     async def work(wconn) -> None:
         await pgv.register_encoded(wconn)
         while queue and not ctx.stop.requested:
-            info = queue.pop(0)
+            item = queue.pop(0)
             try:
-                await _copy_collection(ctx, wconn, source, info)
+                if len(item) == 1 and (item[0].count > GROUP_CHUNKS or unit_of(item[0].name) in committed):
+                    await _copy_collection(ctx, wconn, source, item[0], committed.get(unit_of(item[0].name)))
+                else:
+                    await _copy_group(ctx, wconn, source, item)
             except Exception as exc:
                 if wconn.is_closed():
                     raise TransientError("lost the connection to the pgvector target during the load",
@@ -167,12 +197,45 @@ async def _before(conn: asyncpg.Connection) -> dict:
     return {"method": found["vector_index"], "rows": await conn.fetchval(f"SELECT count(*) FROM {pgv.TABLE}")}
 
 
-async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, info: CollectionInfo) -> None:
-    """One collection from its last committed ordinal; the next batch is read and converted (a thread) while the
-    current one is copied."""
+async def _copy_group(ctx: RunContext, conn: asyncpg.Connection, source, group: list[CollectionInfo]) -> None:
+    """Small collections, each read whole (a thread), in one COPY and one transaction with their ledger rows."""
+    spec, snapshot_id = ctx.plan.vectors.spec, ctx.snapshot.snapshot_id
+
+    def produce() -> list[tuple[CollectionInfo, int, tuple[list, list, list]]]:
+        out = []
+        for info in group:
+            batches = source.open(info.name, start=0, batch_size=BATCH)
+            try:
+                chunks = [c for b in batches for c in b.chunks]
+            finally:
+                batches.close()
+            out.append((info, len(chunks), _convert(info.name, chunks, ctx.plan.vectors.collisions.get(info.name, {}),
+                                                     spec, ctx.plan.policies)))
+        return out
+
+    read = await asyncio.to_thread(produce)
+    records = [r for _, _, (recs, _, _) in read for r in recs]
+    whole = [ledger.WholeUnit(unit_of(info.name), n, len(recs), sum(len(r[3] or "") for r in recs), q, f)
+             for info, n, (recs, q, f) in read]
+    async with conn.transaction():
+        if records:
+            await pgv.copy_encoded(conn, records)
+        await ledger.record_whole_units(conn, snapshot_id, whole)
+    ctx.progress.event("vectors", group=len(group), chunks=len(records), state="committed")
+    for info, n, _ in read:
+        unit = unit_of(info.name)
+        ctx.progress.start(unit, rows=info.count, nbytes=0)
+        ctx.progress.advance(unit, rows=n, nbytes=0, batch=1)
+        ctx.progress.finish(unit)
+        ctx.progress.event("vectors", unit=unit, read_by=source.read_by.get(info.name, "chromadb"))
+
+
+async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, info: CollectionInfo,
+                           done: ledger.UnitProgress | None) -> None:
+    """One collection from its last committed ordinal (`done`); the next batch is read and converted (a thread)
+    while the current one is copied."""
     name, unit = info.name, unit_of(info.name)
     spec, collisions = ctx.plan.vectors.spec, ctx.plan.vectors.collisions.get(info.name, {})
-    done = (await ledger.progress(conn)).get(unit)
     start = done.last_key if done else 0
     batch_no = done.batches if done else 0
     ctx.progress.start(unit, rows=info.count, nbytes=0)

@@ -36,15 +36,15 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
     if kind == "snapshot" and _newer_store(snapshot, plan):
         return  # never open a store the installed chromadb does not understand
     try:
-        found = None if scan or kind != "snapshot" else vectors_source.describe_files(snapshot)
+        found = vectors_source.describe_files(snapshot, scan=scan) if kind == "snapshot" else None
         if found is not None:
-            infos, ids_of, needs_client = found
+            infos, collisions, needs_client = found
             if needs_client:  # the scratch copy for chromadb now, before anything is written to the target
                 vectors_source.prepare(settings, snapshot)
         else:
             client = vectors_source.client(settings, snapshot)
             infos = chroma.describe_client(client, scan=scan)
-            ids_of = lambda info: vectors_source.ids(client, info.name)  # noqa: E731
+            collisions = _collisions(infos, lambda info: vectors_source.ids(client, info.name))
     except WorkDirError:
         raise
     except MigrationError as exc:
@@ -62,7 +62,6 @@ async def build(settings: Settings, snapshot: Snapshot, plan: Plan, *, scan: boo
                                  "text and metadata encrypted with pgp_sym_encrypt, which this version does not write",
                                  hint="migrate with PGVECTOR_PGCRYPTO unset into a database HridaAI uses without "
                                       "pgcrypto, or re-index the files in HridaAI after switching"))
-    collisions = _collisions(infos, ids_of)
     plan.vectors = VectorPlan(kind, mask_dsn(settings.pgvector_url), spec, list(infos), collisions,
                               _summary(infos, spec))
     plan.checks += _checks(infos, spec, collisions)

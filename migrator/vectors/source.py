@@ -7,11 +7,12 @@ opens WORK_DIR/chroma-read, a copy of the snapshot's vector_db made once per sna
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from migrator.errors import work_dir_error
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
 from migrator.sources.chroma import client as chroma, collections as chroma_catalog, direct as chroma_direct
+from migrator.sources.chroma.client import CollectionInfo
 from migrator.workdir import private_tree
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "chroma-read"
+CHECK = "chroma-check"
 MARKER = ".snapshot-id"
 
 
@@ -39,13 +42,18 @@ def client(settings: Settings, snapshot: Snapshot) -> Any | None:
 
 
 class BatchSource:
-    """Where the load reads each collection's batches from: the snapshot's own files (chroma_direct) when that
-    reader knows the store and the collection, else chromadb's `get` pages. Both yield the same chunks in the same
-    order (tests/test_chroma_direct.py), so a resume may switch between them."""
+    """Where the load reads each collection's batches from: the snapshot's own files (chroma_direct: segment files
+    and the embeddings queue) when that reader knows the store and the collection, else chromadb's `get` pages. Both
+    yield the same chunks in the same order (tests/test_chroma_direct.py), so a resume may switch between them.
+
+    One direct store (one SQLite connection, one scan of the queue) serves every collection; close() it at the end.
+    """
 
     def __init__(self, settings: Settings, snapshot: Snapshot) -> None:
         self._settings, self._snapshot = settings, snapshot
         self._client: Any = None
+        self._store: chroma_direct.DirectStore | None = None
+        self._store_opened = False
         self._lock = threading.Lock()
         self.read_by: dict[str, str] = {}
 
@@ -56,11 +64,18 @@ class BatchSource:
                 self._client = client(self._settings, self._snapshot)
             return self._client
 
+    def store(self) -> chroma_direct.DirectStore | None:
+        """The snapshot's store opened for direct reading (None: unknown layout, or not a snapshot source)."""
+        with self._lock:
+            if not self._store_opened:
+                self._store_opened = True
+                if kind(self._settings, self._snapshot) == "snapshot":
+                    self._store = chroma_direct.open_store(self._snapshot.vector_path)
+            return self._store
+
     def open(self, collection: str, *, start: int, batch_size: int) -> Iterator[chroma.Batch]:
         """The collection's batches from ordinal `start` (a generator: close() it when stopping early)."""
-        store = None
-        if kind(self._settings, self._snapshot) == "snapshot":
-            store = chroma_direct.open_store(self._snapshot.vector_path)
+        store = self.store()
         if store is None:
             self.read_by[collection] = "chromadb"
             return chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=start)
@@ -69,25 +84,28 @@ class BatchSource:
     def _direct(self, store, collection: str, start: int, batch_size: int) -> Iterator[chroma.Batch]:
         """Batches from the files; from chromadb when the reader refuses the collection or meets a value it
         does not know (from that batch on)."""
+        reader = store.reader(collection, fallback_col=_LazyCollection(self, collection))
+        if reader is None:
+            self.read_by[collection] = "chromadb"
+            yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=start)
+            return
+        self.read_by[collection] = "files" if not reader.fallback_count else "files+chromadb"
+        position = start
         try:
-            reader = store.reader(collection, fallback_col=_LazyCollection(self, collection))
-            if reader is None:
-                self.read_by[collection] = "chromadb"
-                yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=start)
-                return
-            self.read_by[collection] = "files" if not reader.fallback_count else "files+chromadb"
-            position = start
-            try:
-                for batch in reader.iter_batches(batch_size=batch_size, start=start):
-                    yield batch
-                    position = batch.end
-            except chroma_direct.UnexpectedValue as exc:
-                log.warning("collection %s: %s; reading on with chromadb from ordinal %d", collection, exc, position)
-                self.read_by[collection] = "files, then chromadb"
-                yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size,
-                                                      start=position)
-        finally:
-            store.close()
+            for batch in reader.iter_batches(batch_size=batch_size, start=start):
+                yield batch
+                position = batch.end
+        except chroma_direct.UnexpectedValue as exc:
+            log.warning("collection %s: %s; reading on with chromadb from ordinal %d", collection, exc, position)
+            self.read_by[collection] = "files, then chromadb"
+            yield from chroma.iter_batches_client(self.client(), collection, batch_size=batch_size, start=position)
+
+    def close(self) -> None:
+        """Close the direct store (the chromadb client has no close)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
 
 class _LazyCollection:
@@ -105,27 +123,43 @@ class _LazyCollection:
 
 
 def batches(settings: Settings, snapshot: Snapshot) -> BatchSource:
-    """The batch source of the load (direct stores close with their generators; the chromadb client is cached)."""
+    """The batch source of the load (close() it when done)."""
     return BatchSource(settings, snapshot)
 
 
-def describe_files(snapshot: Snapshot) -> tuple[list, Callable[[Any], list[str]], bool] | None:
-    """(collections, ids of a collection, whether the load will need chromadb too) read from the snapshot's Chroma
-    files, as chromadb's describe_client(scan=False) and get pages give them; None when chroma_direct does not know
-    the store."""
+def describe_files(snapshot: Snapshot, *, scan: bool = False
+                   ) -> tuple[list[CollectionInfo], dict[str, dict[str, str]], bool] | None:
+    """(collections, chunk-id collisions, whether the load will need chromadb too) read from the snapshot's Chroma
+    files as chromadb's describe_client(scan) gives them; None when chroma_direct does not know the store.
+
+    Every collection's reader is made once (its queue replayed, no vector read): with scan, a collection whose every
+    vector the files and the queue give has none lost; one they do not is described by chromadb (None here)."""
     store = chroma_direct.open_store(snapshot.vector_path) if snapshot.vector_path is not None else None
     if store is None:
         return None
     try:
-        infos = chroma_catalog.describe(store)
+        infos = chroma_catalog.describe(store, scan=scan)
         if infos is None:
             return None
-        ids_by_id = {info.id: chroma_catalog.ids(store, info.id) for info in infos}
         # without a fallback, a reader is refused when any vector must come through chromadb
         needs_client = any(info.count and store.reader(info.name) is None for info in infos)
+        if needs_client and scan:
+            return None
+        return infos, chroma_catalog.collisions(store, infos), needs_client
     finally:
         store.close()
-    return infos, lambda info: ids_by_id[info.id], needs_client
+
+
+def check_client(settings: Settings, snapshot: Snapshot, store: chroma_direct.DirectStore, names: list[str]) -> Any:
+    """A chromadb client on WORK_DIR/chroma-check: chroma.sqlite3 and the segment folders of collections `names`
+    only (verify's cross-check reads those; drop_check_copy removes it)."""
+    segments = chroma_catalog.segment_ids(store, names)
+    return chroma.open_client(_scratch(settings.work_dir, snapshot, name=CHECK, segments=segments))
+
+
+def drop_check_copy(settings: Settings) -> None:
+    """Remove verify's cross-check copy."""
+    shutil.rmtree(settings.work_dir / CHECK, ignore_errors=True)
 
 
 def prepare(settings: Settings, snapshot: Snapshot) -> None:
@@ -141,20 +175,32 @@ def kind(settings: Settings, snapshot: Snapshot) -> str | None:
     return "snapshot" if snapshot.vector_path is not None else None
 
 
-def _scratch(work_dir: Path, snapshot: Snapshot) -> Path:
-    """WORK_DIR/chroma-read: copied to a temp dir, made private, then renamed (a partial copy is never used)."""
-    dest = work_dir / SCRATCH
+def _scratch(work_dir: Path, snapshot: Snapshot, *, name: str = SCRATCH, segments: list[str] | None = None) -> Path:
+    """WORK_DIR/<name>: copied to a temp dir, made private, then renamed (a partial copy is never used); under an
+    exclusive lock, so that worker processes asking at once make it once. `segments`: copy only chroma.sqlite3 and
+    these segment folders (chromadb opens a collection's files when that collection is read, not before)."""
+    dest = work_dir / name
     marker = dest / MARKER
-    if marker.exists() and marker.read_text() == snapshot.snapshot_id:
-        return dest
-    tmp = work_dir / f".{SCRATCH}.tmp"
+    want = snapshot.snapshot_id if segments is None else f"{snapshot.snapshot_id} {' '.join(sorted(segments))}"
+    tmp = work_dir / f".{name}.tmp"
     try:
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(snapshot.vector_path, tmp, copy_function=shutil.copyfile)
-        private_tree(tmp)
-        (tmp / MARKER).write_text(snapshot.snapshot_id)
-        os.replace(tmp, dest)
+        with os.fdopen(os.open(work_dir / f".{name}.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if marker.exists() and marker.read_text() == want:
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if segments is None:
+                shutil.copytree(snapshot.vector_path, tmp, copy_function=shutil.copyfile)
+            else:
+                tmp.mkdir()
+                shutil.copyfile(snapshot.vector_path / "chroma.sqlite3", tmp / "chroma.sqlite3")
+                for seg in segments:
+                    if (snapshot.vector_path / seg).is_dir():
+                        shutil.copytree(snapshot.vector_path / seg, tmp / seg, copy_function=shutil.copyfile)
+            private_tree(tmp)
+            (tmp / MARKER).write_text(want)
+            os.replace(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise work_dir_error(_first_os_error(exc), what="the scratch copy of the Chroma store") from exc

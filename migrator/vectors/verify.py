@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import json
 import random
 import time
@@ -19,7 +20,7 @@ from migrator.convert.vectors import loaded_values
 from migrator.parallel import spawn_pool
 from migrator.settings import Settings
 from migrator.snapshot import Snapshot
-from migrator.sources.chroma import client as chroma
+from migrator.sources.chroma import client as chroma, direct as chroma_direct
 from migrator.sources.chroma.client import CollectionInfo
 from migrator.targets import pgvector as pgv, postgres as pgt
 from migrator.vectors import source as vectors_source
@@ -37,19 +38,27 @@ SEARCH_RECALL_WARN = 0.9  # recall@10 through HridaAI's statement below this, pe
 SHOW = 10
 BUDGET_CHUNKS = 30_000  # chunks read by all vector-verify workers at once (see _Budget)
 BUNDLE_CHUNKS = 10_000  # at 50k vectors, main + 2 workers: 25k 661 MB (19.2 s), 10k 523 MB, + malloc_trim 474 MB (25.6 s)
+COST_PER_COLLECTION = 200  # a collection's fixed verify cost in chunk-equivalents (queries, sample), for balancing
+SEARCH_QUERIES = 1000  # sampled search queries over the whole store, about (see queries_per_collection)
+CROSS_CHECK_COLLECTIONS = 8  # collections read again through chromadb (seeded), compared chunk by chunk
+CROSS_CHECK_CHUNKS = 20_000  # ... at most this many chunks in all
 
 
 async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     """Compare every collection; returns the vectors section of the verify report (with its problems).
 
-    The source is read through chromadb's own `get`, independently of the load's direct file reader. Collections go
-    in bundles to `--jobs` spawned worker processes, each used for one bundle only: chromadb keeps every HNSW index
-    it has read in memory, so memory is bounded by a bundle, not by the store, and the workers together by
-    BUDGET_CHUNKS (a bigger collection is read alone)."""
+    The source is read from the snapshot's files (chroma_direct: segment files and the embeddings queue, replayed as
+    chromadb does) when that reader knows the store; a seeded sample of collections is also read through chromadb's
+    own `get` in a process of its own and compared chunk by chunk with it, so the proof does not rest on the
+    load's reader alone. Collections go in bundles to `--jobs` spawned worker processes. A store the direct reader
+    does not know is read through chromadb, which keeps every HNSW index it has read in memory: then bundles are
+    small and the workers together hold at most BUDGET_CHUNKS (a bigger collection is read alone)."""
     settings, plan, snapshot = ctx.settings, ctx.plan, ctx.snapshot
     if not plan.vectors:
         return None
-    vectors_source.prepare(settings, snapshot)  # the scratch copy once, before the workers open it
+    direct = _direct_readable(settings, snapshot)
+    if not direct:
+        vectors_source.prepare(settings, snapshot)  # the scratch copy once, before the workers open it
     conn = await pgt.connect(settings.pgvector_url)
     try:
         counts = {r[0]: r[1] for r in await conn.fetch(
@@ -59,26 +68,72 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     finally:
         await pgt.close_quietly(conn)
     infos = plan.vectors.collections
-    work = _bundles(infos)
+    workers = max(1, settings.jobs)
+    work = _balanced(infos, workers) if direct else _bundles(infos)
+    per_collection = queries_per_collection(sum(1 for i in infos if i.count))
     loop = asyncio.get_running_loop()
     results: dict[str, Found] = {}
-    workers = max(1, min(settings.jobs, len(work) or 1))
-    gate = _Budget(workers, BUDGET_CHUNKS)
-    with spawn_pool(workers, max_tasks_per_child=1) as pool:
+    gate = _Budget(workers, BUDGET_CHUNKS if not direct else sum(i.count for i in infos))
+    with spawn_pool(min(workers, len(work) + direct) or 1, max_tasks_per_child=1) as pool:
         async def run(bundle: list[CollectionInfo]) -> dict[str, Found]:
             async with gate.taken(sum(i.count for i in bundle)):
                 job = BundleJob(settings, snapshot, plan.vectors.spec, bundle, counts,
-                                {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed)
+                                {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed,
+                                per_collection)
                 return await loop.run_in_executor(pool, w_run_bundle, job)
 
+        crossed = None
+        if direct:
+            sample = cross_check_sample(infos, seed)
+            crossed = loop.run_in_executor(pool, w_cross_check, CrossCheckJob(settings, snapshot, sample))
         done = await asyncio.gather(*(run(bundle) for bundle in work))
+        cross = await crossed if crossed is not None else None
     for part in done:
         results.update(part)
     out = _report(infos, results, setup)
+    out["queries_per_collection"] = per_collection
+    out["source_reader"] = "files (chromadb's resolution, cross-checked)" if direct else "chromadb"
+    if cross is not None:
+        out["cross_check"] = cross
+        if cross["differs"]:
+            out["problems"].append(
+                f"the direct Chroma reader and chromadb disagree on {len(cross['differs'])} chunks "
+                f"({', '.join(cross['differs'][:SHOW])}): a bug of this tool, please report it with the store's "
+                "chromadb version; the data loaded from these collections cannot be trusted")
     extra = set(counts) - {c.name for c in infos}
     if extra:
         out["problems"].append(f"document_chunk holds collections not in the source: {sorted(extra)[:SHOW]}")
     return out
+
+
+def _direct_readable(settings: Settings, snapshot: Snapshot) -> bool:
+    """Whether the snapshot's Chroma store is one the direct reader knows."""
+    if vectors_source.kind(settings, snapshot) != "snapshot":
+        return False
+    store = chroma_direct.open_store(snapshot.vector_path)
+    if store is None:
+        return False
+    store.close()
+    return True
+
+
+def queries_per_collection(collections: int) -> int:
+    """Sampled search queries per collection: SAMPLE_PER_COLLECTION, fewer when there are many collections (about
+    SEARCH_QUERIES in all, at least one each), so verify's cost per collection stays small."""
+    return max(1, min(SAMPLE_PER_COLLECTION, -(-SEARCH_QUERIES // max(1, collections))))
+
+
+def cross_check_sample(infos: list[CollectionInfo], seed: int | None) -> list[str]:
+    """Collections (seeded draw) read again through chromadb: up to CROSS_CHECK_COLLECTIONS, CROSS_CHECK_CHUNKS
+    chunks in all (a bigger collection is skipped)."""
+    names = sorted((i.count, i.name) for i in infos if i.count)
+    random.Random(seed).shuffle(names)
+    picked, total = [], 0
+    for count, name in names:
+        if len(picked) < CROSS_CHECK_COLLECTIONS and total + count <= CROSS_CHECK_CHUNKS:
+            picked.append(name)
+            total += count
+    return sorted(picked)
 
 
 def _report(infos: list[CollectionInfo], results: dict[str, Found], setup: dict) -> dict:
@@ -158,6 +213,19 @@ def _bundles(infos: list[CollectionInfo]) -> list[list[CollectionInfo]]:
     return out + ([current] if current else [])
 
 
+def _balanced(infos: list[CollectionInfo], workers: int) -> list[list[CollectionInfo]]:
+    """Collections in 2 x workers bundles of about equal cost (chunks + a fixed cost per collection), biggest first:
+    read from the files, a worker's memory follows its batches, not its bundle, so few bundles, few start-ups."""
+    n = max(1, min(2 * workers, sum(1 for i in infos if i.count) or 1))
+    bundles: list[list[CollectionInfo]] = [[] for _ in range(n)]
+    cost = [0] * n
+    for info in sorted(infos, key=lambda i: (-i.count, i.name)):
+        k = cost.index(min(cost))
+        bundles[k].append(info)
+        cost[k] += info.count + COST_PER_COLLECTION
+    return [b for b in bundles if b]
+
+
 @dataclass(frozen=True)
 class BundleJob:
     """What a verify worker needs for one bundle of collections (sent to it by pickle)."""
@@ -169,6 +237,7 @@ class BundleJob:
     counts: dict[str, int]  # collection -> rows in document_chunk
     quarantined: dict[str, dict[str, str]]  # unit -> {chunk id -> policy}
     seed: int | None
+    queries: int = SAMPLE_PER_COLLECTION  # sampled search queries per collection
 
 
 @dataclass
@@ -190,7 +259,7 @@ def w_run_bundle(job: BundleJob) -> dict[str, Found]:
 
 
 async def _bundle(job: BundleJob) -> dict[str, Found]:
-    client = vectors_source.client(job.settings, job.snapshot)
+    source = vectors_source.batches(job.settings, job.snapshot)
     salt = f"{random.random() if job.seed is None else job.seed}:"  # which chunks are drawn: repeatable with --seed
     conn = await pgt.connect(job.settings.pgvector_url)
     out: dict[str, Found] = {}
@@ -198,11 +267,12 @@ async def _bundle(job: BundleJob) -> dict[str, Found]:
         await pgv.register(conn)
         for info in job.collections:
             found = out[info.name] = Found()
-            sample = await _Sample.drawn(conn, info.name, salt)
-            found.entry = await _compare_collection(conn, client, job, info, found, sample)
+            sample = await _Sample.drawn(conn, info.name, salt, job.queries)
+            found.entry = await _compare_collection(conn, source, job, info, found, sample)
             found.entry.update(await _search(conn, job.spec, info, found, sample))
     finally:
         await pgt.close_quietly(conn)
+        source.close()
     return out
 
 
@@ -225,10 +295,10 @@ class _Sample:
         self.best: list[list[tuple[float, str]]] = [[] for _ in ids]
 
     @classmethod
-    async def drawn(cls, conn, name: str, salt: str) -> _Sample:
-        """Pseudo-random loaded chunks of the collection (the same for the same salt) and their vectors."""
+    async def drawn(cls, conn, name: str, salt: str, n: int) -> _Sample:
+        """`n` pseudo-random loaded chunks of the collection (the same for the same salt) and their vectors."""
         rows = await conn.fetch("SELECT id, vector FROM document_chunk WHERE collection_name = $1 "
-                                "ORDER BY md5($2 || id), id LIMIT $3", name, salt, SAMPLE_PER_COLLECTION)
+                                "ORDER BY md5($2 || id), id LIMIT $3", name, salt, n)
         if not rows:
             return cls([], np.empty((0, 0), dtype=np.float32))
         return cls([r["id"] for r in rows], np.stack([_array(r["vector"]) for r in rows]))
@@ -249,17 +319,18 @@ class _Sample:
             del best[limit:]
 
 
-async def _compare_collection(conn, client, job: BundleJob, info: CollectionInfo, found: Found,
-                              sample: _Sample) -> dict:
+async def _compare_collection(conn, chunks: vectors_source.BatchSource, job: BundleJob, info: CollectionInfo,
+                              found: Found, sample: _Sample) -> dict:
     """Every chunk compared; the sampled loaded chunks are kept in `sample` for the search checks."""
     name, spec, problems = info.name, job.spec, found.problems
     q = job.quarantined.get(unit_of(name), {})
     source = 0
     bad: list[str] = []
-    batches = chroma.iter_batches_client(client, name, batch_size=BATCH)
+    batches = chunks.open(name, start=0, batch_size=BATCH)
     pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
     while (batch := await pending) is not None:
-        _trim()
+        if chunks.read_by.get(name) != "files":
+            _trim()
         pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
         source += len(batch.chunks)
         wanted = [c for c in batch.chunks if c.id not in q]
@@ -362,3 +433,52 @@ def _param(vec: np.ndarray, spec):
     from pgvector import HalfVector, Vector
 
     return HalfVector(vec.astype(np.float16)) if spec.halfvec else Vector(vec)
+
+
+@dataclass(frozen=True)
+class CrossCheckJob:
+    """Collections to read both through chromadb and through the direct reader (sent to a worker by pickle)."""
+
+    settings: Settings
+    snapshot: Snapshot
+    collections: list[str]
+
+
+def w_cross_check(job: CrossCheckJob) -> dict:
+    """In a worker process of its own (chromadb's memory goes with it): each collection read through chromadb's get
+    (on a scratch copy of chroma.sqlite3 and those collections' segment folders) and through the direct reader,
+    compared chunk by chunk: ids, vector bytes, documents, metadata with their types."""
+    out: dict = {"collections": len(job.collections), "chunks": 0, "differs": []}
+    if not job.collections:
+        return out
+    store = chroma_direct.open_store(job.snapshot.vector_path)
+    if store is None:
+        return {**out, "collections": 0}
+    client = vectors_source.check_client(job.settings, job.snapshot, store, job.collections)
+    try:
+        for name in job.collections:
+            reader = store.reader(name, fallback_col=client.get_collection(name, embedding_function=None))
+            if reader is None:
+                continue  # the load read it through chromadb too: nothing to cross-check
+            theirs = (c for b in chroma.iter_batches_client(client, name, batch_size=BATCH) for c in b.chunks)
+            mine = (c for b in reader.iter_batches(batch_size=BATCH) for c in b.chunks)
+            for a, b in itertools.zip_longest(theirs, mine):
+                out["chunks"] += 1
+                if not _same_chunk(a, b):
+                    out["differs"].append(f"{name}/{(a or b).id}")
+    finally:
+        store.close()
+        vectors_source.drop_check_copy(job.settings)
+    return out
+
+
+def _same_chunk(a, b) -> bool:
+    """Two reads of one chunk agree exactly (a metadata value's type included: True is not 1)."""
+    if a is None or b is None or a.id != b.id or a.document != b.document:
+        return False
+    if (a.embedding is None) != (b.embedding is None):
+        return False
+    if a.embedding is not None and a.embedding.tobytes() != b.embedding.tobytes():
+        return False
+    typed = [None if m is None else {k: (type(v), repr(v)) for k, v in m.items()} for m in (a.metadata, b.metadata)]
+    return typed[0] == typed[1]

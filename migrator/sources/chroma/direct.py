@@ -8,12 +8,14 @@ What comes from where, per collection:
 
 * ids, documents, metadata: always chroma.sqlite3 (the metadata segment is refused unless it has
   applied every queued write of the collection, so chromadb would not replay anything into it);
-* a vector is read from the HNSW files when its id is in the persisted id map and no
-  ``embeddings_queue`` row of the collection newer than the vector segment's ``max_seq_id``
-  names that id (such rows are what chromadb replays in memory on open);
-* every other vector (not persisted, touched by a newer queue row, or absent) is fetched through
-  ``fallback_col`` (a chromadb collection) with ``get(ids=...)``, None where chromadb has none;
-  without ``fallback_col`` such a collection is refused.
+* the ``embeddings_queue`` rows chromadb replays in memory when it opens the collection (those
+  newer than the vector segment's ``max_seq_id``, all of them for a segment never persisted) are
+  replayed here the same way (:mod:`migrator.sources.chroma.queue`): an id they leave with a
+  vector takes it from its last such row;
+* any other vector of an id in the persisted id map is read from the HNSW files;
+* every other vector (a queue this reader refuses, an id chromadb would not find) is fetched
+  through ``fallback_col`` (a chromadb collection) with ``get(ids=...)``, None where chromadb has
+  none; without ``fallback_col`` such a collection is refused.
 
 Anything outside the known schema (migrations, segment types, array metadata, unusual keys or
 value types, an unexpected HNSW header, a truncated file, a pickle with classes) is refused: the
@@ -29,11 +31,13 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from migrator.sources.chroma import queue as queue_mod
 from migrator.sources.chroma.client import Batch, Chunk, _vectors_by_id
 from migrator.sources.chroma.hnsw import PICKLE_FILE, HnswRefused, HnswSegment, load_id_to_label
 
@@ -103,6 +107,16 @@ class DirectStore:
     def __init__(self, path: str, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._queue: queue_mod.QueueIndex | None = None
+        self.lock = threading.RLock()  # readers share the connection: one statement sequence at a time
+
+    @property
+    def queue(self) -> queue_mod.QueueIndex:
+        """Which queue rows belong to which collection (one scan of embeddings_queue, on first use)."""
+        with self.lock:
+            if self._queue is None:
+                self._queue = queue_mod.QueueIndex(self._conn)
+            return self._queue
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -116,7 +130,8 @@ class DirectStore:
         certainly in the HNSW files; without it, a collection holding such vectors is refused.
         """
         try:
-            return CollectionReader(self._conn, self.path, collection_name, fallback_col)
+            with self.lock:
+                return CollectionReader(self._conn, self.path, collection_name, fallback_col, self.queue, self.lock)
         except (_Refused, HnswRefused) as exc:
             log.info("direct Chroma read refused for collection %s: %s", collection_name, exc)
             return None
@@ -170,11 +185,13 @@ class UnexpectedValue(ValueError):
 class CollectionReader:
     """Direct reader of one collection; see the module docstring for the rules.
 
-    ``count``: chunks in the collection; ``fallback_count``: how many of their vectors are
-    fetched through ``fallback_col`` rather than read from the HNSW files.
+    ``count``: chunks in the collection; ``queue_count``: how many of their vectors come from the embeddings queue;
+    ``fallback_count``: how many are fetched through ``fallback_col`` (neither in the files nor resolved from the
+    queue).
     """
 
-    def __init__(self, conn: sqlite3.Connection, root: str, name: str, fallback_col: Any) -> None:
+    def __init__(self, conn: sqlite3.Connection, root: str, name: str, fallback_col: Any,
+                 queue: queue_mod.QueueIndex, lock: Any = None) -> None:
         rows = conn.execute("SELECT id, dimension, schema_str FROM collections WHERE name=?",
                             (name,)).fetchall()
         if len(rows) != 1:
@@ -184,49 +201,67 @@ class CollectionReader:
         if set(segs) != {_METADATA_SEGMENT, _VECTOR_SEGMENT} or conn.execute(
                 "SELECT count(*) FROM segments WHERE collection=?", (coll_id,)).fetchone()[0] != 2:
             raise _Refused("not exactly one metadata and one HNSW vector segment")
-        self._conn, self._seg, self._fallback = conn, segs[_METADATA_SEGMENT], fallback_col
+        self._conn, self._seg, self._fallback, self._dim = conn, segs[_METADATA_SEGMENT], fallback_col, dim
+        self._lock = lock or threading.RLock()
         _check_metadata(conn, self._seg)
         seq = "SELECT seq_id FROM max_seq_id WHERE segment_id=?"
         meta_seq = _one(conn, seq, (self._seg,)) or 0
         vec_seq = _one(conn, seq, (segs[_VECTOR_SEGMENT],)) or 0
-        topic_q = "FROM embeddings_queue WHERE topic GLOB ('persistent://*/*/' || ?)"
-        if (_one(conn, f"SELECT max(seq_id) {topic_q}", (coll_id,)) or 0) > meta_seq:
+        if queue.last(coll_id) > meta_seq:
             raise _Refused("metadata segment is behind embeddings_queue (chromadb would replay it)")
-        touched = {r[0] for r in conn.execute(
-            f"SELECT DISTINCT id {topic_q} AND seq_id > ?", (coll_id, vec_seq))}
         id_rows = conn.execute("SELECT id, embedding_id FROM embeddings WHERE segment_id=? ORDER BY id",
                                (self._seg,)).fetchall()
         self._rowids = np.fromiter((r[0] for r in id_rows), dtype=np.int64, count=len(id_rows))
         self._ids = [r[1] for r in id_rows]
         self.count = len(self._ids)
-        self._hnsw, self._rows = self._plan(os.path.join(root, segs[_VECTOR_SEGMENT]), dim,
-                                            vec_seq, touched, conn, coll_id, schema)
-        needs = int((self._rows < 0).sum())
+        self._hnsw, self._rows, self._queued = self._plan(
+            os.path.join(root, segs[_VECTOR_SEGMENT]), vec_seq, queue, coll_id, schema)
+        needs = int(((self._rows < 0) & (self._queued == 0)).sum())
         if needs and fallback_col is None:
-            raise _Refused(f"{needs} vectors are not in the HNSW files and no fallback_col was given")
+            raise _Refused(f"{needs} vectors are neither in the HNSW files nor resolved from the queue, and no "
+                           "fallback_col was given")
         self.fallback_count = needs
+        self.queue_count = int((self._queued > 0).sum())
 
-    def _plan(self, folder: str, dim: int | None, vec_seq: int, touched: set[str],
-              conn: sqlite3.Connection, coll_id: str, schema: str | None
-              ) -> tuple[HnswSegment | None, np.ndarray]:
-        """(segment, per-ordinal file row or -1 = fetch through chromadb)."""
-        unread = np.full(self.count, -1, dtype=np.int64)
-        if not os.path.isfile(os.path.join(folder, PICKLE_FILE)):
-            if vec_seq:
-                raise _Refused("vector segment has a max_seq_id but no id map (chromadb fails too)")
-            return None, unread  # never persisted: chromadb replays every vector from the queue
-        if not dim:
+    def _plan(self, folder: str, vec_seq: int, queue: queue_mod.QueueIndex, coll_id: str, schema: str | None
+              ) -> tuple[HnswSegment | None, np.ndarray, np.ndarray]:
+        """(segment, per-ordinal file row or -1, per-ordinal queue seq_id or 0); neither = through chromadb."""
+        conn, dim = self._conn, self._dim
+        persisted = os.path.isfile(os.path.join(folder, PICKLE_FILE))
+        if not persisted and vec_seq:
+            raise _Refused("vector segment has a max_seq_id but no id map (chromadb fails too)")
+        id_to_label = load_id_to_label(folder) if persisted else {}
+        if persisted and not dim:
             raise _Refused("persisted HNSW segment but no collection dimension")
-        space = _space_agreed(conn, coll_id, os.path.basename(folder), schema)
-        id_to_label = load_id_to_label(folder)
-        seg = HnswSegment(folder, dim, normalized=space == "cosine")
-        labels = np.fromiter((-1 if i in touched else id_to_label.get(i, -1) for i in self._ids),
+        space = None
+        if dim:
+            try:
+                space = _space_agreed(conn, coll_id, os.path.basename(folder), schema)
+            except _Refused:
+                if id_to_label:
+                    raise
+        self._cosine = space == "cosine"
+        # an empty id map is an uninitialised segment to chromadb: it replays every queue row of the collection
+        changed: dict[str, int | None] = {}
+        if space is not None:
+            try:
+                changed = queue_mod.replay(conn, queue.after(coll_id, vec_seq if id_to_label else 0), id_to_label,
+                                           dim)
+            except queue_mod.QueueRefused as exc:
+                log.info("queue of collection %s not read directly (chromadb will): %s", coll_id, exc)
+                changed = {i: None for i in queue_mod.ids_of(conn, queue.after(coll_id, vec_seq))}
+        queued = np.fromiter((changed.get(i) or 0 for i in self._ids), dtype=np.int64, count=self.count)
+        unread = np.full(self.count, -1, dtype=np.int64)
+        if not id_to_label:
+            return None, unread, queued
+        seg = HnswSegment(folder, dim, normalized=self._cosine)
+        labels = np.fromiter((-1 if i in changed else id_to_label.get(i, -1) for i in self._ids),
                              dtype=np.int64, count=self.count)
         rows = seg.rows_for(labels)
         lost = (labels >= 0) & (rows < 0)
         if lost.any():
             raise _Refused(f"{int(lost.sum())} mapped labels are missing or deleted in data_level0.bin")
-        return seg, rows
+        return seg, rows, queued
 
     def _metadata_rows(self, rowids: list[int]) -> Iterator[tuple[Any, ...]]:
         """embedding_metadata rows of the embeddings ``rowids`` (and maybe of others: filter them).
@@ -279,14 +314,19 @@ class CollectionReader:
         return docs, metas
 
     def _vectors(self, start: int, end: int) -> list[np.ndarray | None]:
-        """Vectors of ordinals ``start`` .. ``end - 1``: from the files, else through chromadb."""
-        rows = self._rows[start:end]
+        """Vectors of ordinals ``start`` .. ``end - 1``: from the files or the queue, else through chromadb."""
+        rows, queued = self._rows[start:end], self._queued[start:end]
         out: list[np.ndarray | None] = [None] * (end - start)
         have = np.flatnonzero(rows >= 0)
         if have.size and self._hnsw is not None:
             for k, vec in zip(have.tolist(), self._hnsw.vectors(rows[have])):
                 out[k] = vec
-        need = np.flatnonzero(rows < 0).tolist()
+        in_queue = np.flatnonzero(queued > 0)
+        if in_queue.size:
+            vecs = queue_mod.vectors(self._conn, queued[in_queue].tolist(), self._dim, cosine=self._cosine)
+            for k, vec in zip(in_queue.tolist(), vecs):
+                out[k] = vec
+        need = np.flatnonzero((rows < 0) & (queued == 0)).tolist()
         if need:
             found = _vectors_by_id(self._fallback, [self._ids[start + k] for k in need])
             for k in need:
@@ -300,8 +340,9 @@ class CollectionReader:
         for offset in range(start, self.count, batch_size):
             end = min(offset + batch_size, self.count)
             rowids = self._rowids[offset:end].tolist()
-            docs, metas = self._documents_metadata(rowids)
-            vectors = self._vectors(offset, end)
+            with self._lock:
+                docs, metas = self._documents_metadata(rowids)
+                vectors = self._vectors(offset, end)
             yield Batch(start=offset, chunks=[
                 Chunk(id=self._ids[offset + k], embedding=vectors[k], document=docs.get(rid),
                       metadata=metas.get(rid)) for k, rid in enumerate(rowids)])
