@@ -7,6 +7,7 @@ Run ``python -m bench --help`` or ``python -m bench.vectors --help``; see bench/
 - ``harness.py``          what both share: common options, log, server, timed migrate run/verify, results file
 - ``migrate_runner.py``   a ``migrate`` child process: wall time, peak RSS, CPU, per-table load windows
 - ``cpu.py``              machine-wide busy core-seconds, to split client CPU from the server's
+- ``cpuset.py``           ``--split-cpus``: server and tool pinned to disjoint cores
 - ``pgutil.py``           embedded server, per-run databases, baseline DDL
 - ``generate.py``         the relational dataset (real 0.12.4 schema, deterministic rows), cached
 - ``synth.py``            its row builders

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from bench import migrate_runner, pgutil, report
+from bench import cpuset, migrate_runner, pgutil, report
 
 Log = Callable[[str], None]
 # (command, data dir, work dir, database URI, log dir) -> migrate_runner.run_child's dict (and what the plan adds)
@@ -59,6 +59,10 @@ def add_common_options(ap: argparse.ArgumentParser, *, out: Path, skips: str, ne
     ap.add_argument("--migrate-cmd", help="command to run instead of the `migrate` script (shell-split)")
     ap.add_argument("--target", help=f"admin postgresql:// URI of a server to use instead of an embedded one; "
                                      f"needs {needs}")
+    ap.add_argument("--split-cpus", nargs="?", const="auto", metavar="SERVER:TOOL",
+                    help="pin the PostgreSQL server's processes and the tool (the migrate children, the baselines' "
+                         "client: this process) to disjoint cores; alone = first half of the cores for the server "
+                         "(1 + 1 on 2 cores), or e.g. 0:1, 0-1:2-3 (Linux; the server must run on this machine)")
     ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--keep", action="store_true", help="keep per-run databases, work dirs and logs (path printed)")
 
@@ -95,6 +99,25 @@ class Session:
         """Baselines then migrate runs against the one server; the raw measurements."""
         server = await pgutil.server_info(self.admin_dsn)
         self.log(f"postgres {server['version']}, lz4 {'available' if server['lz4'] else 'NOT available'}")
+        before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        if getattr(self.args, "split_cpus", None):
+            server["cpu_split"] = await self.split_cpus()
+        try:
+            return await self._measure(plan, server)
+        finally:
+            if server.get("cpu_split") and before:
+                cpuset.pin_tool(before)
+
+    async def split_cpus(self) -> dict:
+        """--split-cpus: the server's processes on one set of cores, this process (and so every child it starts
+        from now on) on the other."""
+        srv, tool = cpuset.split_spec(self.args.split_cpus)
+        out = {"server": await cpuset.pin_server(self.admin_dsn, srv), "tool": cpuset.pin_tool(tool)}
+        self.log(f"CPU split: PostgreSQL (postmaster {out['server']['postmaster']}, {out['server']['processes']} "
+                 f"processes) on CPU {out['server']['cpus']}, the tool on CPU {out['tool']['cpus']}")
+        return out
+
+    async def _measure(self, plan: Plan, server: dict) -> dict:
         base = await plan.baselines(self, server)
         cmd = shlex.split(self.args.migrate_cmd) if self.args.migrate_cmd else migrate_runner.default_command()
         runs: list[dict] = []

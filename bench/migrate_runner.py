@@ -3,7 +3,8 @@
 Peak RSS comes from ``os.wait4`` on that very child (``ru_maxrss``: the largest of the child and the descendants it
 waited for), so earlier children do not leak into the figure the way ``RUSAGE_CHILDREN`` would; a tiny launcher
 process does the fork so the benchmark's own memory is not charged to the child (see LAUNCHER). The launcher also
-samples the RSS summed over the child's whole process tree (its worker processes): ``peak_tree_rss_mb``.
+samples the RSS summed over the child's whole process tree (its worker processes): ``peak_tree_rss_mb``, and each
+process's own peak (VmHWM): ``per_process`` / ``rss_by_role`` (main, worker, resource_tracker, ...).
 
 Per-table timing: from the tool's own JSON-lines ``load`` start/done events when it prints them; otherwise observed
 from outside: while ``migrate run`` works, a separate connection samples the size of every table in ``public``
@@ -59,7 +60,15 @@ try:
 except OSError as exc:
     print(f"could not start {sys.argv[2]}: {exc}", file=sys.stderr)
     sys.exit(127)
-done, peak = threading.Event(), [0, 0]
+done, peak, procs = threading.Event(), [0, 0], {}
+def status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0])
+    return out
 def tree_rss(root):
     kids = {}
     for d in os.listdir("/proc"):
@@ -69,16 +78,29 @@ def tree_rss(root):
                     ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            kids.setdefault(ppid, []).append(int(d))
-    total, n, todo = 0, 0, [root]
+            kids.setdefault(ppid, []).append((int(d), ppid))
+    total, n, todo, now = 0, 0, [(root, None)], time.perf_counter() - t0
     while todo:
-        pid = todo.pop()
+        pid, ppid = todo.pop()
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                n += 1
+            st = status(pid)
         except (OSError, ValueError, IndexError):
-            pass
+            continue
+        if "VmRSS" in st:  # not a zombie
+            total += st["VmRSS"] * 1024
+            n += 1
+            rec = procs.get(pid)
+            if rec is None:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+                except OSError:
+                    cmd = []
+                rec = procs[pid] = {"pid": pid, "ppid": ppid, "cmd": cmd[:8], "first_s": round(now, 2), "hwm_kb": 0,
+                                    "rss_kb": 0}
+            rec["hwm_kb"] = max(rec["hwm_kb"], st.get("VmHWM", 0))
+            rec["rss_kb"] = max(rec["rss_kb"], st["VmRSS"])
+            rec["last_s"] = round(now, 2)
         todo += kids.get(pid, [])
     return total, n
 def sample():
@@ -87,15 +109,49 @@ def sample():
         peak[0], peak[1] = max(peak[0], total), max(peak[1], n)
 if sys.platform.startswith("linux"):
     threading.Thread(target=sample, daemon=True).start()
-_, status, usage = os.wait4(p.pid, 0)
+_, status_, usage = os.wait4(p.pid, 0)
 done.set()
-code = os.waitstatus_to_exitcode(status)
+code = os.waitstatus_to_exitcode(status_)
 with open(sys.argv[1], "w") as f:
     json.dump({"exit_code": code, "seconds": time.perf_counter() - t0, "maxrss_kb": usage.ru_maxrss,
-               "cpu_s": usage.ru_utime + usage.ru_stime,
-               "tree_rss_kb": peak[0] // 1024 or None, "processes": peak[1], "start_epoch": epoch}, f)
+               "cpu_s": usage.ru_utime + usage.ru_stime, "root_pid": p.pid,
+               "tree_rss_kb": peak[0] // 1024 or None, "processes": peak[1], "start_epoch": epoch,
+               "per_process": sorted(procs.values(), key=lambda r: (r["first_s"], r["pid"]))}, f)
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+def process_role(rec: dict, root_pid: int | None) -> str:
+    """What a process of the child's tree is: ``main`` (the child itself), ``worker`` (a multiprocessing child),
+    ``resource_tracker``, ``forkserver``, or the name of the program it runs."""
+    if rec.get("pid") == root_pid:
+        return "main"
+    cmd = " ".join(rec.get("cmd") or [])
+    for marker, role in (("resource_tracker", "resource_tracker"), ("forkserver", "forkserver"),
+                         ("spawn_main", "worker"), ("multiprocessing", "worker")):
+        if marker in cmd:
+            return role
+    return os.path.basename(rec["cmd"][0]) if rec.get("cmd") else "?"
+
+
+def per_process(usage: dict) -> list[dict]:
+    """Peak RSS (MB) of every process seen in the child's tree, from the launcher's samples: the larger of its last
+    sampled VmHWM (its own high-water mark) and the largest VmRSS sampled; processes that lived less than one sample
+    interval (0.2 s) are missed. The main process's figure is at least its VmHWM at its last sample."""
+    root = usage.get("root_pid")
+    return [{"pid": r["pid"], "role": process_role(r, root),
+             "peak_rss_mb": round(max(r["hwm_kb"], r["rss_kb"]) / 1024, 1),
+             "seen_s": [r.get("first_s"), r.get("last_s")], "cmd": " ".join(r.get("cmd") or [])[:200]}
+            for r in usage.get("per_process") or []]
+
+
+def rss_by_role(procs: list[dict]) -> dict[str, dict]:
+    """{role: {"count", "max_mb", "peaks_mb" (largest first, at most 8)}} of per_process's list."""
+    out: dict[str, dict] = {}
+    for r in procs:
+        out.setdefault(r["role"], []).append(r["peak_rss_mb"])
+    return {role: {"count": len(v), "max_mb": max(v), "peaks_mb": sorted(v, reverse=True)[:8]}
+            for role, v in out.items()}
 
 
 def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dict:
@@ -116,8 +172,10 @@ def run_child(argv: list[str], log_prefix: Path, cwd: Path | None = None) -> dic
         usage = {"exit_code": None, "seconds": 0.0, "maxrss_kb": None}
     rss = usage["maxrss_kb"] / 1024 if usage["maxrss_kb"] is not None else None
     tree = usage.get("tree_rss_kb")
+    procs = per_process(usage)
     return {"exit_code": usage["exit_code"], "seconds": usage["seconds"], "peak_rss_mb": rss,
             "peak_tree_rss_mb": tree / 1024 if tree else None, "processes": usage.get("processes"),
+            "per_process": procs, "rss_by_role": rss_by_role(procs),
             "start_epoch": usage.get("start_epoch"), "tool_core_s": usage.get("cpu_s"), "busy_core_s": busy,
             "stdout": str(out_path), "stderr": str(err_path), "ok": usage["exit_code"] == 0}
 

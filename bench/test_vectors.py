@@ -154,3 +154,156 @@ def test_summary_with_a_migrate_run():
     run.update(busy_core_s=15.0, tool_core_s=6.0)
     text = vector_report.render(vector_report.summarize(manifest, base, [{"run": run}]), "hdr")
     assert "tool 6.0, server and the rest 9.0" in text
+
+
+# --- the real profile -------------------------------------------------------------------------------------------
+
+REAL = VecParams(vectors=0, collections=300, profile="real")
+
+
+def _uid(name: str) -> str:
+    return name.removeprefix("file-").removeprefix("user-memory-")
+
+
+@pytest.mark.parametrize("n", [300, 2000])
+def test_real_plan_sizes_names_and_kinds(n):
+    plan = vector_data.plan_real(VecParams(vectors=0, collections=n, profile="real"))
+    cols = plan.collections
+    assert len(cols) == n and [c.index for c in cols] == list(range(n)) and len({c.name for c in cols}) == n
+    kinds = [c.kind for c in cols]
+    n_kb, n_mem, n_files = vector_data.real_kinds(n)
+    assert (kinds.count("knowledge"), kinds.count("memory"), kinds.count("file")) == (n_kb, n_mem, n_files)
+    assert 2 <= n_kb <= 12 and n_mem == n // 100
+    for c in cols:
+        assert c.name.startswith({"knowledge": "", "file": "file-", "memory": "user-memory-"}[c.kind])
+        uid = _uid(c.name)
+        assert len(uid) == 36 and uid.count("-") == 4 and uid[14] == "4"
+    files = sorted(c.count for c in cols if c.kind == "file")
+    assert 40 <= files[len(files) // 2] <= 60  # median ~45 chunks
+    assert sum(f < 500 for f in files) / len(files) > 0.95 and files[-1] > 500  # most small, a long tail
+    assert all(1 <= c.count <= 12 for c in cols if c.kind == "memory")
+    for k, members in plan.members.items():  # knowledge bases: copies of their files' chunks, thousands of them
+        assert cols[k].kind == "knowledge" and members and all(cols[i].kind == "file" for i in members)
+        assert cols[k].count == sum(cols[i].count for i in members) >= 1000
+    assert plan == vector_data.plan_real(VecParams(vectors=0, collections=n, profile="real"))
+
+
+def test_real_events_are_hridaai_order():
+    plan = vector_data.plan_real(REAL)
+    cols, ev = plan.collections, plan.events
+    files = [e[1] for e in ev if e[0] == "file"]
+    assert files == [c.index for c in cols if c.kind == "file"]
+    for k, members in plan.members.items():  # a file's copy into its knowledge base follows its own add
+        for i in members:
+            assert ev.index(("knowledge", k, i)) > ev.index(("file", i))
+    for c in cols:
+        if c.kind == "memory":
+            assert [e[2] for e in ev if e[0] == "memory" and e[1] == c.index] == list(range(c.count))
+    parts = vector_data.real_parts(plan, files_per_part=100)
+    assert [e for p in parts for e in p] == list(ev)
+    assert [sum(e[0] == "file" for e in p) for p in parts] == [100, 100, len(files) - 200]
+
+
+def test_real_items_copy_files_into_knowledge_bases():
+    p = VecParams(vectors=0, collections=40, dim=8, seed=5, profile="real")
+    plan = vector_data.plan_real(p)
+    by_col: dict = {}
+    calls = list(vector_data.iter_real_items(p, plan))
+    for op, name, (ids, vecs, docs, metas) in calls:
+        assert len(ids) <= vector_data.ADD_BATCH and vecs.shape == (len(ids), 8)
+        assert op == ("upsert" if name.startswith("user-memory-") else "add")
+        if op == "upsert":
+            assert len(ids) == 1  # memories one at a time
+        by_col.setdefault(name, []).append((ids, vecs, docs, metas))
+    cols = plan.collections
+    assert {c.name: sum(len(b[0]) for b in by_col.get(c.name, [])) for c in cols} == {c.name: c.count for c in cols}
+    assert sum(1 for _op, name, _ in calls if name.startswith("file-")) == sum(1 for c in cols if c.kind == "file")
+    k, members = next(iter(plan.members.items()))
+    kb = [x for b in by_col[cols[k].name] for x in zip(*b)]
+    src = [x for i in members for b in by_col[cols[i].name] for x in zip(*b)]
+    assert [(d, m) for _i, _v, d, m in kb] == [(d, m) for _i, _v, d, m in src]  # same text and metadata
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(kb, src))  # same vectors
+    assert not {a[0] for a in kb} & {b[0] for b in src}  # new chunk ids
+    assert all(m["file_id"] == _uid(cols[i].name) for i in members for b in by_col[cols[i].name] for m in b[3])
+    assert [c[1:] for c in calls][0][1][0] == list(vector_data.iter_real_items(p, plan))[0][2][0]  # deterministic
+
+
+def test_real_cache_key():
+    import chromadb
+
+    uniform = VecParams(vectors=50_000, collections=20)
+    legacy = json.dumps({"vectors": 50_000, "collections": 20, "dim": 384, "seed": 1,
+                         "v": vector_data.VECTOR_GENERATOR_VERSION, "chromadb": chromadb.__version__}, sort_keys=True)
+    import hashlib
+
+    assert uniform.key() == "vectors-" + hashlib.sha256(legacy.encode()).hexdigest()[:16]  # cached stores stay valid
+    keys = {REAL.key(), VecParams(vectors=0, collections=2000, profile="real").key(),
+            VecParams(vectors=0, collections=300, seed=2, profile="real").key(),
+            VecParams(vectors=0, collections=300, profile="uniform").key()}
+    assert len(keys) == 4
+    assert vector_data.params("real", 50_000, None, 384, 1) == REAL
+    assert vector_data.params("uniform", 50_000, None, 384, 1) == uniform
+    with pytest.raises(ValueError):
+        VecParams(profile="nope")
+    with pytest.raises(ValueError):
+        vector_data.plan_real(VecParams(vectors=0, collections=2, profile="real"))
+
+
+def test_build_real_tiny_store(tmp_path, monkeypatch):
+    pytest.importorskip("chromadb")
+    p = VecParams(vectors=0, collections=12, dim=8, seed=3, profile="real")
+    monkeypatch.setattr(vector_data, "REAL_PART_FILES", 6)  # two child processes
+    m = vector_data.build(p, tmp_path / "a", log=lambda *_: None)
+    plan = vector_data.plan_real(p)
+    assert m["parts"] == 2 and len(m["child_peak_rss_mb"]) == 2
+    assert [(c["name"], c["count"]) for c in m["collections"]] == [(c.name, c.count) for c in plan.collections]
+    assert m["vectors"] == sum(c.count for c in plan.collections)
+    assert {k: v["collections"] for k, v in m["by_kind"].items()} == {"file": 10, "knowledge": 1, "memory": 1}
+    # nothing reaches chromadb's sync_threshold of 1000 here: every vector is only in embeddings_queue
+    assert m["vectors_queue_only"] == m["embeddings_queue_rows"] == m["vectors"] and m["collections_persisted"] == 0
+    digest = vector_data.content_digest(tmp_path / "a/vector_db")
+    assert sorted(digest) == sorted(c.name for c in plan.collections)
+    monkeypatch.setattr(vector_data, "REAL_PART_FILES", 250)  # one: the parts do not change the content
+    m2 = vector_data.build(p, tmp_path / "b", log=lambda *_: None)
+    assert m2["parts"] == 1
+    assert m2["document_bytes"] == m["document_bytes"]
+    assert vector_data.content_digest(tmp_path / "b/vector_db") == digest
+    assert "12 collections: 10 file" in vector_data.describe_real(m)
+
+
+def test_real_summary_and_table():
+    manifest = {"vectors": 1000, "collections": [{"name": "x", "count": 1000}]}
+    base = {"chroma_read": {"vectors_per_s": 5000.0, "seconds": 0.2},
+            "ceiling": {"vectors_per_s": 500.0, "seconds": 2.0, "connections": 2, "includes_indexes": True,
+                        "copy_s": 1.0, "copy_vectors_per_s": 1000.0, "secondary_indexes_s": 0.5,
+                        "vector_index_s": 0.5, "vector_index": "CREATE INDEX ..."}}
+    run = {"ok": True, "seconds": 8.0, "peak_rss_mb": 100.0,
+           "rss_by_role": {"main": {"count": 1, "max_mb": 100.0, "peaks_mb": [100.0]},
+                           "worker": {"count": 2, "max_mb": 80.0, "peaks_mb": [80.0, 70.0]}},
+           "vectors": {"vectors_per_s": 1000.0, "load_window_s": 1.0, "load_and_secondary_s": 2.0,
+                       "load_and_indexes_s": 4.0, "phases_s": {"vector_load_s": 1.0}}}
+    s = vector_report.summarize(manifest, base, [{"run": run}])
+    v = s["versus_ceiling"]
+    assert (v["run_over_ceiling"], v["ceiling_over_run"], v["vector_part_over_ceiling"]) == (4.0, 0.25, 2.0)
+    assert [ln["name"] for ln in s["lines"]][1:3] == ["ceiling: raw COPY, 2 conn, + btree/GIN/vector index",
+                                                      "ceiling: its raw COPY alone (primary key only)"]
+    text = vector_report.render(s, "hdr")
+    assert "migrate run 8.0 s = 4.00x the ceiling's time (ceiling/run 0.25x" in text
+    assert "peak RSS per process: main 100 MB; 2 worker 80/70 MB" in text
+    assert vector_report.summarize(manifest, {}, [{"run": run}])["versus_ceiling"] is None
+
+
+def test_vector_timeline_load_and_indexes():
+    events = [_ev(1.0, unit="vector:a", state="start"), _ev(3.0, unit="vector:a", state="done", rows=4),
+              {"ts": 4.0, "stage": "finalize", "step": "vector-secondary-indexes"},
+              {"ts": 6.5, "stage": "finalize", "step": "vector-index"}]
+    assert vectors.vector_timeline(events, 0.0, 7.0)["load_and_indexes_s"] == 5.5
+
+
+def test_profile_options():
+    a = vectors.parse_args(["--profile", "real", "--collections", "2000", "--split-cpus"])
+    assert vectors.dataset_params(a) == VecParams(vectors=0, collections=2000, profile="real")
+    assert a.split_cpus == "auto"
+    assert vectors.dataset_params(vectors.parse_args([])) == VecParams(vectors=50_000, collections=20)
+    assert vectors.parse_args(["--split-cpus", "0:1"]).split_cpus == "0:1"
+    assert vectors.parse_args([]).split_cpus is None

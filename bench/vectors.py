@@ -1,8 +1,10 @@
 """``python -m bench.vectors``: the vector path (Chroma -> pgvector ``document_chunk``) against what is possible.
 
 Generates (once, cached) a HridaAI data dir whose ``vector_db/`` is a real Chroma store, then on one PostgreSQL:
-chromadb read rate, the COPY ceiling, ``migrate run`` + ``migrate verify`` end to end. See bench/README.md
-("Vectors"). Exit code: 0 when every migrate run and verify succeeded (or --no-migrate), 1 otherwise.
+chromadb read rate, the COPY ceiling, ``migrate run`` + ``migrate verify`` end to end. ``--profile real`` measures a
+real-shaped store instead (a collection per uploaded file, a few knowledge bases, users' memories; ``--collections``
+is its scale), against a ceiling of raw COPY + the index builds. See bench/README.md ("Vectors"). Exit code: 0 when
+every migrate run and verify succeeded (or --no-migrate), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -29,8 +31,12 @@ log = harness.logger("bench.vectors")
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options: the dataset's, the repetitions and baseline variants, then the harness's common ones."""
     ap = harness.parser("bench.vectors", __doc__)
-    ap.add_argument("--vectors", type=int, default=50_000, help="vectors in the store (full scale: 200000)")
-    ap.add_argument("--collections", type=int, default=20)
+    ap.add_argument("--profile", choices=vector_data.PROFILES, default="uniform",
+                    help="uniform: --vectors split over --collections big collections; real: real-shaped, "
+                         "--collections collections (300 and 2000 documented), sizes from the profile")
+    ap.add_argument("--vectors", type=int, default=50_000,
+                    help="vectors in the store (full scale: 200000); uniform profile only")
+    ap.add_argument("--collections", type=int, help="default 20 (uniform), 300 (real)")
     ap.add_argument("--dim", type=int, default=384, help="dimension of the stored vectors")
     ap.add_argument("--runs", type=int, default=3, help="repetitions of the chromadb read and the ceiling; median")
     ap.add_argument("--migrate-runs", type=int, default=1, help="`migrate run`s (each into a fresh database); median")
@@ -98,6 +104,8 @@ def vector_timeline(events: list[dict], start_epoch: float | None, seconds: floa
     # what the ceiling does (COPY into a table whose secondary indexes exist) = load + secondary index builds
     out["load_and_secondary_s"] = sec_ts - first
     out["load_and_secondary_vectors_per_s"] = ratio(rows, max(sec_ts - first, 1e-3))
+    # what the real profile's ceiling does (COPY + every index build) = first vector start to the vector index
+    out["load_and_indexes_s"] = idx_ts - first
     if start_epoch:
         out["phases_s"] = {"before_vectors_s": first - start_epoch, "vector_load_s": last - first,
                            "secondary_indexes_s": sec_ts - last, "vector_index_s": idx_ts - sec_ts,
@@ -165,6 +173,8 @@ async def baselines(s: harness.Session, server: dict) -> dict:
     --no-baselines."""
     if s.args.no_baselines:
         return {}
+    if s.args.profile == "real":
+        return await baselines_real(s, server)
     args, admin_dsn, lz4 = s.args, s.admin_dsn, server["lz4"]
     store = s.scratch / "chroma-read"
     shutil.copytree(s.data_dir / "vector_db", store)
@@ -196,6 +206,41 @@ async def baselines(s: harness.Session, server: dict) -> dict:
     return out
 
 
+async def baselines_real(s: harness.Session, server: dict) -> dict:
+    """The real profile: chromadb read (--runs; nothing kept), then the ceiling: the generator's chunks prepared
+    in memory, raw COPY into a primary-key-only document_chunk + the btree/GIN/vector index builds (--runs)."""
+    args, admin_dsn, lz4 = s.args, s.admin_dsn, server["lz4"]
+    out = {}
+    store = s.scratch / "chroma-read"
+    shutil.copytree(s.data_dir / "vector_db", store)
+    try:
+        log(f"chromadb read: get(include=[embeddings, documents, metadatas]) pages of {vector_baselines.PAGE}, "
+            f"{args.runs} runs")
+        out["chroma_read"], _ = await asyncio.to_thread(vector_baselines.chroma_read, store, args.runs, log,
+                                                        keep=False)
+    finally:
+        vector_data._release_chroma()
+        gc.collect()
+        shutil.rmtree(store, ignore_errors=True)
+    t0 = time.perf_counter()
+    batches, n, cols = await asyncio.to_thread(vector_baselines.prepare_generated, dataset_params(args), TABLE_DIM)
+    log(f"ceiling rows prepared from the generator in {time.perf_counter() - t0:.1f} s ({n:,} rows of {cols:,} "
+        f"collections, vector({TABLE_DIM}), batches of {vector_baselines.PAGE} across collections)")
+    dsn = await pgutil.recreate_database(admin_dsn, "bench_vceiling")
+    try:
+        out["ceiling"] = await vector_baselines.ceiling_real(
+            dsn, batches, n, runs=args.runs, connections=args.connections, dimension=TABLE_DIM, lz4=lz4, log=log,
+            label=f"ceiling (raw COPY, {args.connections} connections, + indexes)")
+    finally:
+        await pgutil.drop_database(admin_dsn, "bench_vceiling")
+    return out
+
+
+def dataset_params(args: argparse.Namespace) -> VecParams:
+    """The dataset of the options: --profile, --vectors (uniform), --collections, --dim, --seed."""
+    return vector_data.params(args.profile, args.vectors, args.collections, args.dim, args.seed)
+
+
 def source_state() -> dict:
     """The commit of the checkout and its uncommitted files under migrator/ (the editable `migrate` runs them)."""
     import subprocess
@@ -219,7 +264,7 @@ def main(argv=None) -> int:
         os.environ.pop(k)  # the child must pad to the default 1536 and read only --data-dir's store
     load0 = os.getloadavg()
     source = source_state()
-    params = VecParams(args.vectors, args.collections, args.dim, args.seed)
+    params = dataset_params(args)
     data_dir, manifest = vector_data.ensure_dataset(params, log=log)
     plan = harness.Plan(scratch="bench-vectors-", databases="bench_vmigrate_", runs=args.migrate_runs,
                         baselines=baselines, run=run_migrate, verify=run_verify, run_note=_run_note,
@@ -227,11 +272,15 @@ def main(argv=None) -> int:
     raw = harness.measure(args, log, data_dir, manifest, plan)
     summary = vector_report.summarize(manifest, raw["baselines"], raw["migrate_runs"])
     load1 = os.getloadavg()
-    header = (f"hridaai-migrate vector benchmark: {manifest['vectors']:,} vectors ({args.dim}-d, padded to "
-              f"vector({TABLE_DIM})), {len(manifest['collections'])} collections, seed {args.seed}; PostgreSQL "
+    split = raw["server"].get("cpu_split")
+    header = (f"hridaai-migrate vector benchmark ({args.profile} profile): {manifest['vectors']:,} vectors "
+              f"({args.dim}-d, padded to vector({TABLE_DIM})), {len(manifest['collections'])} collections, seed "
+              f"{args.seed}; PostgreSQL "
               f"{raw['server']['version']}; chromadb {manifest['chromadb']}; median of {args.runs} (baselines) / "
               f"{args.migrate_runs} (migrate) runs; load average {load0[0]:.1f} -> {load1[0]:.1f} on "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs"
+              + (f"; CPU split: server on {split['server']['cpus']}, tool on {split['tool']['cpus']}" if split else "")
+              + (f"\nstore: {vector_data.describe_real(manifest)}" if manifest.get("profile") == "real" else ""))
     print(vector_report.render(summary, header))
     print(f"\nmigrator: commit {(source['commit'] or '?')[:10]}"
           + (f" + {len(source['migrator_uncommitted'])} uncommitted files under migrator/"

@@ -270,10 +270,18 @@ def _run(src: _Sources) -> dict:
         work_dir=Path(src.get("work_dir", "HRIDAAI_MIGRATE_WORK_DIR", flag="work_dir", default=DEFAULT_WORK_DIR)),
         batch_rows=int(src.get("batch_rows", flag="batch_rows", default=DEFAULT_BATCH_ROWS)),
         batch_bytes=int(src.get("batch_bytes", flag="batch_bytes", default=DEFAULT_BATCH_BYTES)),
-        jobs=int(src.get("jobs", flag="jobs", default=max(1, min(2, os.cpu_count() or 1)))),
+        jobs=int(src.get("jobs", flag="jobs", default=max(1, min(2, _usable_cpus())))),
         policies=dict(src.get("policies", flag="policies", default={}) or {}),
         orphans=str(src.get("orphans", flag="orphans", default="quarantine")),
         log_format=str(src.get("log_format", flag="log_format", default="auto")),
         sample_size=int(src.get("sample_size", flag="sample_size", default=200)),
         force_clear=bool(src.get("force_clear", flag="force_clear", default=False)),
     )
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

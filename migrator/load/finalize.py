@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
@@ -42,8 +43,10 @@ class LoadReport:
         return "\n".join(lines)
 
 
-async def finalize(ctx: RunContext, conn: asyncpg.Connection, workers: list, run: dict) -> None:
-    """Every step not yet recorded, then the run is marked done. `workers` share the index builds and ANALYZE."""
+async def finalize(ctx: RunContext, conn: asyncpg.Connection, workers: list, run: dict,
+                   before_done: Awaitable | None = None) -> None:
+    """Every step not yet recorded, then (once `before_done`, work running beside these steps, has ended) the run is
+    marked done. `workers` share the index builds and ANALYZE."""
     plan, snapshot_id, progress = ctx.plan, ctx.snapshot.snapshot_id, ctx.progress
     steps = await ledger.steps(conn)
     schema = cat.qi(plan.schema)
@@ -68,6 +71,8 @@ async def finalize(ctx: RunContext, conn: asyncpg.Connection, workers: list, run
     progress.event("finalize", step="analyze")
     await _analyze(workers or [conn])
     await ledger.step_done(conn, "analyze", snapshot_id)
+    if before_done is not None:
+        await before_done
     await ledger.finish_run(conn, run["run_id"])
     progress.event("finalize", step="done")
 

@@ -47,12 +47,20 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
             pool.close(kill=False)
         if not ctx.stop.requested and plan.vectors:
             ctx.progress.event("vectors", state="start")
-            await vectors_load.execute(ctx, run_id=run["run_id"])
+            await vectors_load.execute(ctx, run_id=run["run_id"], indexes=False)
         if ctx.stop.requested:
             report.interrupted = True
             return await summarise(conn, report)
         workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(0, settings.jobs - 1))]
-        await finalize(ctx, conn, [conn, *workers], run)
+        # document_chunk's indexes build on a connection of their own while the tables' indexes, sequences and
+        # ANALYZE run: the run is marked done only once both are
+        vector_indexes = asyncio.create_task(vectors_load.finish(ctx, run_id=run["run_id"]))
+        try:
+            await finalize(ctx, conn, [conn, *workers], run, before_done=vector_indexes)
+        finally:
+            if not vector_indexes.done():
+                vector_indexes.cancel()
+            await asyncio.gather(vector_indexes, return_exceptions=True)
         clean = True
         return await summarise(conn, report)
     except Exception as exc:

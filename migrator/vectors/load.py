@@ -7,6 +7,7 @@ row always commit together; units are named `vector:<collection>` and resume fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import asyncpg
@@ -32,23 +33,43 @@ def unit_of(collection: str) -> str:
     return PREFIX + collection
 
 
-async def execute(ctx: RunContext, *, run_id: str) -> None:
+async def execute(ctx: RunContext, *, run_id: str, indexes: bool = True) -> None:
     """Load every collection of the plan into PGVECTOR_DB_URL's document_chunk (its own connection; with the ledger
-    there too, under the same run id, when that is another database than the target's).
+    there too, under the same run id, when that is another database than the target's); then, with `indexes`, build
+    document_chunk's indexes (else the caller runs `finish`, e.g. beside the relational finalize).
 
     Raises PreflightError (exit 4) when the pgvector database is another migration's or not ours to create in,
     TransientError (exit 75) when a connection is lost; `ctx.stop` ends it after the current batches."""
-    settings = ctx.settings
     if not ctx.plan.vectors:
         return
-    separate = settings.pgvector_url not in (None, settings.target_url)
-    conn = await pgt.connect(settings.pgvector_url or settings.target_url, bulk=True)
-    try:
-        if separate:
+    async with _connection(ctx) as conn:
+        if _separate(ctx):
             await _own_ledger(ctx, conn, run_id)
         await _load(ctx, conn)
-        if separate and not ctx.stop.requested:
-            await ledger.finish_run(conn, run_id)
+        if indexes and not ctx.stop.requested:
+            await _finish(ctx, conn, run_id)
+
+
+async def finish(ctx: RunContext, *, run_id: str) -> None:
+    """document_chunk's indexes (secondary ones, then the vector index) and, for a pgvector database apart, the end
+    of its own ledger's run: a step of its own, on a connection of its own, so that it may run while the relational
+    finalize builds the tables' indexes."""
+    if not ctx.plan.vectors:
+        return
+    async with _connection(ctx) as conn:
+        await _finish(ctx, conn, run_id)
+
+
+def _separate(ctx: RunContext) -> bool:
+    return ctx.settings.pgvector_url not in (None, ctx.settings.target_url)
+
+
+@contextlib.asynccontextmanager
+async def _connection(ctx: RunContext):
+    """A bulk connection to the pgvector database; a lost connection becomes TransientError (exit 75)."""
+    conn = await pgt.connect(ctx.settings.pgvector_url or ctx.settings.target_url, bulk=True)
+    try:
+        yield conn
     except Exception as exc:
         lost = pgt.lost_connection(exc, closed=conn.is_closed())
         if lost is None:
@@ -56,6 +77,12 @@ async def execute(ctx: RunContext, *, run_id: str) -> None:
         raise lost from exc
     finally:
         await pgt.close_quietly(conn)
+
+
+async def _finish(ctx: RunContext, conn: asyncpg.Connection, run_id: str) -> None:
+    await _indexes(ctx, conn)
+    if _separate(ctx):
+        await ledger.finish_run(conn, run_id)
 
 
 async def _own_ledger(ctx: RunContext, conn: asyncpg.Connection, run_id: str) -> None:
@@ -72,10 +99,9 @@ async def _own_ledger(ctx: RunContext, conn: asyncpg.Connection, run_id: str) ->
 
 
 async def _load(ctx: RunContext, conn: asyncpg.Connection) -> None:
-    """`conn` makes the table and builds the indexes; the collections, biggest first, go over `--jobs`
+    """`conn` makes the table; the collections, biggest first (small ones in groups), go over `--jobs`
     connections of their own."""
-    vectors, snapshot_id = ctx.plan.vectors, ctx.snapshot.snapshot_id
-    spec = vectors.spec
+    vectors = ctx.plan.vectors
     steps = await ledger.steps(conn)
     if "vector-schema" not in steps:
         await _prepare(ctx, conn, indexes_first=ctx.settings.jobs > 1)
@@ -88,19 +114,24 @@ async def _load(ctx: RunContext, conn: asyncpg.Connection) -> None:
             await _load_collections(ctx, todo, source)
         finally:
             source.close()
-    if ctx.stop.requested:
+
+
+async def _indexes(ctx: RunContext, conn: asyncpg.Connection) -> None:
+    """The secondary indexes, then the vector index (HridaAI's name and definition; an ivfflat index the target had
+    on a much smaller table rebuilt), once: a ledger step."""
+    spec, snapshot_id = ctx.plan.vectors.spec, ctx.snapshot.snapshot_id
+    if "vector-index" in await ledger.steps(conn):
         return
-    if "vector-index" not in steps:
-        min_rows = 50 * spec.ivfflat_lists if spec.method == "ivfflat" else 1  # HridaAI >= 0.11.4's own rule
-        await conn.execute("SET maintenance_work_mem = '512MB'")
-        await conn.execute("SET search_path TO public")
-        await pgv.create_secondary_indexes(conn)
-        ctx.progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
-        detail = await _rebuilt_if_made_before_the_data(conn, (await ledger.steps(conn)).get(BEFORE_STEP))
-        if detail is None:
-            detail = (await pgv.build_vector_index(conn, spec, min_rows=min_rows)).detail
-        await ledger.step_done(conn, "vector-index", snapshot_id, detail)
-        ctx.progress.event("finalize", step="vector-index", detail=detail)
+    min_rows = 50 * spec.ivfflat_lists if spec.method == "ivfflat" else 1  # HridaAI >= 0.11.4's own rule
+    await conn.execute("SET maintenance_work_mem = '512MB'")
+    await conn.execute("SET search_path TO public")
+    await pgv.create_secondary_indexes(conn)
+    ctx.progress.event("finalize", step="vector-secondary-indexes")  # done: the bench times it apart
+    detail = await _rebuilt_if_made_before_the_data(conn, (await ledger.steps(conn)).get(BEFORE_STEP))
+    if detail is None:
+        detail = (await pgv.build_vector_index(conn, spec, min_rows=min_rows)).detail
+    await ledger.step_done(conn, "vector-index", snapshot_id, detail)
+    ctx.progress.event("finalize", step="vector-index", detail=detail)
 
 
 async def _rebuilt_if_made_before_the_data(conn: asyncpg.Connection, before: str | None) -> str | None:

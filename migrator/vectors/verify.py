@@ -73,21 +73,26 @@ async def check(ctx: RunContext, *, seed: int | None = None) -> dict | None:
     per_collection = queries_per_collection(sum(1 for i in infos if i.count))
     loop = asyncio.get_running_loop()
     results: dict[str, Found] = {}
-    gate = _Budget(workers, BUDGET_CHUNKS if not direct else sum(i.count for i in infos))
-    with spawn_pool(min(workers, len(work) + direct) or 1, max_tasks_per_child=1) as pool:
-        async def run(bundle: list[CollectionInfo]) -> dict[str, Found]:
-            async with gate.taken(sum(i.count for i in bundle)):
-                job = BundleJob(settings, snapshot, plan.vectors.spec, bundle, counts,
-                                {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed,
-                                per_collection)
-                return await loop.run_in_executor(pool, w_run_bundle, job)
 
-        crossed = None
-        if direct:
-            sample = cross_check_sample(infos, seed)
-            crossed = loop.run_in_executor(pool, w_cross_check, CrossCheckJob(settings, snapshot, sample))
-        done = await asyncio.gather(*(run(bundle) for bundle in work))
-        cross = await crossed if crossed is not None else None
+    def _job(bundle: list[CollectionInfo]) -> BundleJob:
+        return BundleJob(settings, snapshot, plan.vectors.spec, bundle, counts,
+                         {unit_of(i.name): quarantined.get(unit_of(i.name), {}) for i in bundle}, seed, per_collection)
+
+    if direct:  # memory follows the batches: one bundle per worker, the workers kept; chromadb in a process apart
+        with spawn_pool(min(workers, len(work)) or 1) as pool, spawn_pool(1, max_tasks_per_child=1) as apart:
+            crossed = loop.run_in_executor(apart, w_cross_check,
+                                           CrossCheckJob(settings, snapshot, cross_check_sample(infos, seed)))
+            done = await asyncio.gather(*(loop.run_in_executor(pool, w_run_bundle, _job(b)) for b in work))
+            cross = await crossed
+    else:
+        gate = _Budget(workers, BUDGET_CHUNKS)
+        cross = None
+        with spawn_pool(min(workers, len(work)) or 1, max_tasks_per_child=1) as pool:
+            async def run(bundle: list[CollectionInfo]) -> dict[str, Found]:
+                async with gate.taken(sum(i.count for i in bundle)):
+                    return await loop.run_in_executor(pool, w_run_bundle, _job(bundle))
+
+            done = await asyncio.gather(*(run(bundle) for bundle in work))
     for part in done:
         results.update(part)
     out = _report(infos, results, setup)
