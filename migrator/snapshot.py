@@ -1,15 +1,16 @@
 """Stage 1 — snapshot: a consistent, immutable copy of the source, with a manifest.
 
 hridaai.db (and vector_db/chroma.sqlite3) are copied with SQLite's online backup API, which is correct while
-HridaAI is running in WAL mode; segment folders are copied as files. The source is only ever opened read-only.
-Everything later reads the snapshot, never the live files.
+HridaAI is running in WAL mode; in a rollback-journal mode a writer's lock is waited for, bounded, never read through
+(sources/live.py). Segment folders are copied as files, of the same moment as chroma.sqlite3 (see
+_copy_vector_store). The source is only ever opened read-only. Everything later reads the snapshot, never the live
+files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import fcntl
 import hashlib
 import json
@@ -22,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from migrator import __version__, access
-from migrator.errors import PreflightError, UsageError, work_dir_error
+from migrator.errors import PreflightError, TransientError, UsageError, work_dir_error
 from migrator.settings import Settings
-from migrator.sources import sqlite as src
+from migrator.sources import live, sqlite as src
 from migrator.workdir import ensure_private_dir, private_tree, write_json
 
 FORMAT_VERSION = 1
@@ -32,6 +33,7 @@ SNAPSHOT_DIR = "snapshot"
 MANIFEST = "manifest.json"
 DB_NAME = "hridaai.db"
 VECTOR_DIR = "vector_db"
+SEGMENT_ATTEMPTS = 3
 
 
 @dataclass
@@ -120,7 +122,7 @@ def _copy_into(tmp: Path, source: Path, settings: Settings) -> Snapshot:
     with ThreadPoolExecutor(max_workers=3) as pool:
         jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR)]
         try:
-            _backup_sqlite(source, db, key=settings.sqlcipher_key)
+            live.backup(source, db, key=settings.sqlcipher_key)
             jobs += [pool.submit(_check_copy, source, db, key=settings.sqlcipher_key), pool.submit(_fsync, db)]
             vector = jobs[0].result()
             snap = _describe(tmp, source, vector)
@@ -168,6 +170,9 @@ def load_or_take(settings: Settings) -> Snapshot:
 
 
 def _check_source(source: Path) -> None:
+    if source.is_dir():
+        raise UsageError(f"{source} is a directory, not HridaAI's SQLite database",
+                         hint="point --data-dir / DATA_DIR at the directory that holds the hridaai.db file")
     if not source.parent.is_dir():
         raise UsageError(f"the data directory {source.parent} does not exist",
                          hint="set --data-dir / DATA_DIR to HridaAI's data directory")
@@ -178,63 +183,13 @@ def _check_source(source: Path) -> None:
                          hint="point --data-dir / DATA_DIR at the directory that holds hridaai.db")
 
 
-def _backup_sqlite(source: Path, dest: Path, *, key: str | None) -> None:
-    """Online backup from a read-only connection; falls back to immutable=1 only when no WAL is pending. The copy is
-    neither checked nor synced yet: see _check_copy and _fsync."""
-    try:
-        conn = src.connect(source, key=key)
-    except PreflightError:
-        wal = source.with_name(source.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            raise
-        conn = src.connect(source, immutable=True, key=key)
-    else:
-        if key is None and _copied_whole(conn, source, dest):
-            conn.close()
-            return
-    out = _open_copy(dest, key)
-    try:
-        # the copy is a temp file until the atomic rename: no journal, no per-page syncs (one fsync at the end)
-        out.execute("PRAGMA synchronous=OFF")
-        out.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA cache_size=-2000")
-        out.execute("PRAGMA cache_size=-2000")
-        conn.backup(out)
-        out.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.DatabaseError as exc:
-        raise _copy_failed(source, dest, exc) from exc
-    finally:
-        out.close()
-        conn.close()
-
-
-def _copied_whole(conn: sqlite3.Connection, source: Path, dest: Path) -> bool:
-    """A database in a rollback-journal mode is copied as a file while this connection holds its SHARED lock (no
-    writer can commit meanwhile): the same pages as the backup API gives (only its header counters differ), 4-5x
-    faster (2.5 GB: 7.1 -> 1.5 s). False (nothing copied) in WAL mode, where committed pages may still be in the
-    -wal file: the backup API reads through it."""
-    try:
-        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-            return False
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the SHARED lock (a hot journal fails)
-        shutil.copyfile(source, dest)
-        return True
-    except sqlite3.DatabaseError:
-        dest.unlink(missing_ok=True)
-        return False  # the backup API gets the same chance, and reports what it meets
-    finally:
-        if conn.in_transaction:
-            conn.rollback()
-
-
 def _check_copy(source: Path, dest: Path, *, key: str | None) -> None:
     """SQLite's quick_check of the copy (every page read once)."""
-    out = _open_copy(dest, key)
+    out = src.open_copy(dest, key)
     try:
         problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
-        raise _copy_failed(source, dest, exc) from exc
+        raise live.copy_failed(source, dest, exc) from exc
     finally:
         out.close()
     # a row breaking its own CHECK constraint is data, not corruption: plan lists it, the load quarantines it
@@ -242,20 +197,6 @@ def _check_copy(source: Path, dest: Path, *, key: str | None) -> None:
     if problems != ["ok"]:
         raise PreflightError(f"{source.name} fails SQLite's integrity check", detail="; ".join(problems[:5]),
                              hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
-
-
-def _open_copy(dest: Path, key: str | None) -> sqlite3.Connection:
-    out = sqlite3.connect(dest)
-    if key is not None:
-        out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
-    return out
-
-
-def _copy_failed(source: Path, dest: Path, exc: sqlite3.DatabaseError) -> Exception:
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-        return OSError(errno.ENOSPC, f"writing the copy of {source.name}: {exc}", str(dest))
-    return PreflightError(f"{source.name} cannot be read completely", detail=f"{source}: {exc}",
-                          hint="repair the database (sqlite3 .recover) or restore a backup, then retry")
 
 
 def _fsync(path: Path) -> None:
@@ -267,7 +208,9 @@ def _fsync(path: Path) -> None:
 
 
 def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
-    """chroma.sqlite3 through the backup API, segment folders as files (dirs 0700, files 0600)."""
+    """chroma.sqlite3 through the backup API, segment folders as files (dirs 0700, files 0600), of one moment: the
+    folders are copied before the database, and the copy is taken again when any of their files changed between
+    the start of the folders' copy and the end of the database's (a persist of chromadb's, HridaAI running)."""
     if store is None or not store.exists():
         return None
     db = store / "chroma.sqlite3"
@@ -276,19 +219,41 @@ def _copy_vector_store(store: Path | None, dest: Path) -> dict | None:
                              hint="restore vector_db/ from a backup, or point CHROMA_DATA_PATH at the Chroma "
                                   "directory HridaAI uses")
     dest.mkdir(mode=0o700)
-    try:
-        _backup_sqlite(db, dest / db.name, key=None)
-        _check_copy(db, dest / db.name, key=None)
-        _fsync(dest / db.name)
-    except (PreflightError, UsageError) as exc:
-        raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
-                             hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
-                                  "after the migration)") from exc
-    for entry in sorted(store.iterdir()):
-        if entry.is_dir():
-            shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
+    for _ in range(SEGMENT_ATTEMPTS):
+        before = _segment_files(store)
+        for entry in sorted(store.iterdir()):
+            if entry.is_dir():
+                shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
+        try:
+            live.backup(db, dest / db.name, key=None)
+            _check_copy(db, dest / db.name, key=None)
+        except (PreflightError, UsageError) as exc:
+            raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
+                                 hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
+                                      "after the migration)") from exc
+        if _segment_files(store) == before:  # no persist ran from before the folders' copy to after the database's
+            break
+        shutil.rmtree(dest)
+        dest.mkdir(mode=0o700)
+    else:
+        raise TransientError("Chroma's segment files kept changing while they were copied (HridaAI persisting "
+                             "collections)", detail=f"{store}: {SEGMENT_ATTEMPTS} attempts",
+                             hint="run the same command again, or while HridaAI is stopped")
+    _fsync(dest / db.name)
     private_tree(dest)
     return {"path": str(store)}
+
+
+def _segment_files(store: Path) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime_ns, inode) of every file in the store's segment folders: chromadb rewrites them when it persists
+    a collection, so an unchanged map means unchanged files."""
+    out = {}
+    for entry in store.iterdir():
+        if entry.is_dir():
+            for path in entry.rglob("*"):
+                st = path.stat()
+                out[str(path.relative_to(store))] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
 
 
 def _describe(directory: Path, source: Path, vector: dict | None) -> Snapshot:

@@ -169,9 +169,10 @@ def _simulated_enospc(tmp_path) -> None:
 
     from migrator import settings as settings_mod, snapshot
     from migrator.errors import WorkDirError
+    from migrator.sources import live
 
     settings = settings_mod.build({"data_dir": str(SMALL), "work_dir": str(tmp_path / "w"), "policies": {}})
-    with mock.patch.object(snapshot, "_backup_sqlite", side_effect=OSError(errno.ENOSPC, "No space left on device")):
+    with mock.patch.object(live, "backup", side_effect=OSError(errno.ENOSPC, "No space left on device")):
         with pytest.raises(WorkDirError, match="no space left"):
             snapshot.take(settings)
     _assert_nothing_half_written(tmp_path / "w")

@@ -8,6 +8,7 @@ import sqlite3
 
 from conftest import SMALL
 from migrator import snapshot
+from migrator.sources import live
 
 
 def _rows(db, table="t") -> list:
@@ -22,7 +23,7 @@ def test_rollback_journal_database_is_copied_whole(tmp_path):
     source = tmp_path / "hridaai.db"
     shutil.copy(SMALL / "hridaai.db", source)
     dest = tmp_path / "copy.db"
-    snapshot._backup_sqlite(source, dest, key=None)
+    live.backup(source, dest, key=None)
     snapshot._check_copy(source, dest, key=None)
     assert dest.read_bytes() == source.read_bytes()
 
@@ -38,7 +39,7 @@ def test_wal_database_copy_holds_the_commits_still_in_the_wal(tmp_path):
         writer.commit()
         assert (tmp_path / "hridaai.db-wal").stat().st_size > 0
         dest = tmp_path / "copy.db"
-        snapshot._backup_sqlite(source, dest, key=None)  # the writer's connection is still open
+        live.backup(source, dest, key=None)  # the writer's connection is still open
         snapshot._check_copy(source, dest, key=None)
     finally:
         writer.close()
@@ -72,6 +73,6 @@ def test_a_writer_cannot_commit_while_the_file_is_copied(tmp_path, monkeypatch):
         return real_copy(src, dst, *a, **kw)
 
     monkeypatch.setattr(snapshot.shutil, "copyfile", copy_while_writing)
-    snapshot._backup_sqlite(source, tmp_path / "copy.db", key=None)
+    live.backup(source, tmp_path / "copy.db", key=None)
     assert "locked" in seen.get("busy", "") and "committed" not in seen
     assert _rows(tmp_path / "copy.db") == [(1,)]

@@ -66,6 +66,14 @@ def connect(path: Path, *, immutable: bool = False, key: str | None = None) -> s
     return conn
 
 
+def open_copy(dest: Path, key: str | None) -> sqlite3.Connection:
+    """A writable connection to a copy this tool makes (a snapshot's temp file), SQLCipher-keyed when `key`."""
+    out = sqlite3.connect(dest)
+    if key is not None:
+        out.execute(f"PRAGMA key = '{key.replace(chr(39), chr(39) * 2)}'")
+    return out
+
+
 def is_plain_sqlite(path: Path) -> bool:
     """True for an unencrypted SQLite file (or an empty one, which SQLite treats as an empty database)."""
     with path.open("rb") as fh:
