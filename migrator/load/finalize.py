@@ -69,7 +69,8 @@ async def finalize(ctx: RunContext, conn: asyncpg.Connection, workers: list, run
                                    plan.source_revision)
             await ledger.step_done(conn, "alembic", snapshot_id, plan.source_revision)
     progress.event("finalize", step="analyze")
-    await _analyze(workers or [conn])
+    # document_chunk: analyzed by the vector lane before its index build (it would wait here for that build)
+    await _analyze(workers or [conn], skip={"public.document_chunk"} if plan.vectors else set())
     await ledger.step_done(conn, "analyze", snapshot_id)
     if before_done is not None:
         await before_done
@@ -111,15 +112,15 @@ async def _share(conns: list, statements: list[str]) -> None:
     await run_all(work(c) for c in conns)
 
 
-async def _analyze(conns: list) -> None:
-    """ANALYZE every table of the database (what a plain ANALYZE covers), biggest first, shared by the
-    connections."""
+async def _analyze(conns: list, *, skip: set[str]) -> None:
+    """ANALYZE every table of the database (what a plain ANALYZE covers) but `skip` (schema.table), biggest first,
+    shared by the connections."""
     rows = await conns[0].fetch(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
         "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
         "AND has_table_privilege(c.oid, 'SELECT') ORDER BY pg_table_size(c.oid) DESC, 1")
-    await _share(conns, [f"ANALYZE {r[0]}" for r in rows])
+    await _share(conns, [f"ANALYZE {r[0]}" for r in rows if r[0] not in skip])
 
 
 async def _live_sequences(conn: asyncpg.Connection, schema: str) -> list[dict]:

@@ -42,12 +42,9 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
         parts = await asyncio.to_thread(split.split_all, snapshot.db_path, loaded)
         run, resumed = await begin(ctx, conn, parts, resume=resume)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
-        await _load_tables(ctx, pool, parts)
-        if pool is not None:
-            pool.close(kill=False)
-        if not ctx.stop.requested and plan.vectors:
-            ctx.progress.event("vectors", state="start")
-            await vectors_load.execute(ctx, run_id=run["run_id"], indexes=False)
+        # the two lanes at once: tables over the load workers, vectors over connections of this process (the
+        # server's work of one fills the other's waits; document_chunk references no table)
+        await run_all([_tables_then_close(ctx, pool, parts), _vectors(ctx, run["run_id"])])
         if ctx.stop.requested:
             report.interrupted = True
             return await summarise(conn, report)
@@ -74,6 +71,18 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
         for c in workers:
             await pgt.close_quietly(c)
         await pgt.close_quietly(conn)
+
+
+async def _tables_then_close(ctx: RunContext, pool: Pool | None, parts: dict[str, list[split.Part]]) -> None:
+    await _load_tables(ctx, pool, parts)
+    if pool is not None:
+        pool.close(kill=False)
+
+
+async def _vectors(ctx: RunContext, run_id: str) -> None:
+    if not ctx.stop.requested and ctx.plan.vectors:
+        ctx.progress.event("vectors", state="start")
+        await vectors_load.execute(ctx, run_id=run_id, indexes=False)
 
 
 async def _load_tables(ctx: RunContext, pool: Pool | None, parts: dict[str, list[split.Part]]) -> None:

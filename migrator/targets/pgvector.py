@@ -191,6 +191,12 @@ async def create_secondary_indexes(conn: Any) -> None:
     )
 
 
+async def analyze(conn: Any) -> None:
+    """ANALYZE document_chunk's columns but the vector: no query plan uses a vector column's statistics, and
+    detoasting every sampled vector is most of a full ANALYZE's time (autovacuum analyzes the whole table later)."""
+    await conn.execute(f"ANALYZE {TABLE} (id, collection_name, text, vmetadata)")
+
+
 async def existing_table(conn: Any) -> dict[str, Any] | None:
     """Describe an existing ``document_chunk`` in the search_path, or return None.
 
