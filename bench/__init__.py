@@ -15,6 +15,7 @@ Run ``python -m bench --help`` or ``python -m bench.vectors --help``; see bench/
 - ``baselines.py``        ceiling / naive / row-by-row loads of the relational tables
 - ``vector_baselines.py`` chromadb read and COPY ceilings of ``document_chunk``
 - ``report.py``           ``python -m bench``'s summary, table and JSON file (and the shared median/ratio)
+- ``ingest.py``           the ingest ceiling: psql ``\\copy`` of every migrated table into index-free copies
 - ``vector_report.py``    ``python -m bench.vectors``'s summary and table
 - ``standin_migrate.py``  a tiny COPY stand-in for ``migrate``, to test the harness alone
 - ``chaos.py``            ``python -m bench.chaos``: SIGKILL ``migrate run`` at every phase, resume, verify

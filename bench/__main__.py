@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import baselines, generate, harness, pgutil, report
+from bench import baselines, generate, harness, ingest, migrate_runner, pgutil, report, vector_data, vectors
 from bench.generate import GenParams
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +27,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="measured migrate runs (and ceiling repetitions); median")
     ap.add_argument("--naive-budget", type=float, default=10.0, help="seconds per table for naive/row-by-row")
     ap.add_argument("--row-by-row-rows", type=int, default=2000)
+    ap.add_argument("--vector-collections", type=int, default=0, metavar="N",
+                    help="give the data dir a vector_db/: bench.vectors' real-profile Chroma store of N collections "
+                         "(built and cached once); then the run's vector lane is reported and the ingest ceiling "
+                         "measured. 0 = tables only")
+    ap.add_argument("--ingest-ceiling", action="store_true",
+                    help="measure the ingest ceiling (psql \\copy of every migrated table into index-free copies, "
+                         "after the first run) also without --vector-collections")
     harness.add_common_options(ap, out=HERE / "results.json", skips="the ceiling, naive and row-by-row baselines",
                                needs="CREATEDB (databases bench_* are created and dropped)")
     return ap.parse_args(argv)
@@ -49,22 +56,66 @@ async def measure_baselines(s: harness.Session, server: dict) -> dict:
     return base
 
 
+def with_vector_store(data_dir: Path, manifest: dict, args: argparse.Namespace) -> tuple[Path, dict]:
+    """--vector-collections N: the real-profile store of N collections (bench.vector_data's cache, built there when
+    missing) and the tables' data dir, hard-linked into one data dir; its manifest gains ``vector_store``."""
+    vectors.scrub_vector_env()
+    vp = vector_data.params("real", 0, args.vector_collections, vector_data.VecParams.dim, args.seed)
+    vdir, vm = vector_data.ensure_dataset(vp, log=log)
+    store = {k: v for k, v in vm.items() if k != "collections"} | {
+        "collections": len(vm["collections"]), "dir": str(vdir), "description": vector_data.describe_real(vm)}
+    return generate.with_vector_store(data_dir, manifest, vdir, store, log=log)
+
+
+async def run_with_vectors(cmd: list[str], data_dir: Path, work: Path, dsn: str, logs: Path) -> dict:
+    """``migrate run`` as without vectors; its dict gains ``vectors`` (bench.vectors' timeline of the vector
+    lane), and the per-collection units leave the per-table windows (they are in ``vectors.collections``)."""
+    r = await migrate_runner.run_migrate(cmd, data_dir, work, dsn, logs)
+    r["vectors"] = vectors.vector_timeline(vectors.read_events(r["stderr"]), r.get("start_epoch"), r["seconds"])
+    for key in ("tables", "tables_events"):
+        r[key] = {t: w for t, w in r[key].items() if not t.startswith(vectors.VECTOR_PREFIX)}
+    return r
+
+
+async def ingest_ceiling(s: harness.Session, i: int, dsn: str, res: dict) -> dict:
+    """After the first run (and its verify): the ingest ceiling on the database it filled (bench/ingest.py)."""
+    if i:
+        return {}
+    try:
+        return {"ingest_ceiling": await ingest.ceiling(dsn, s.scratch / "ingest", s.log)}
+    except Exception as exc:  # reported in the table; the run's own figures still stand
+        s.log(f"ingest ceiling FAILED: {exc}")
+        return {"ingest_ceiling": {"error": str(exc)[:500]}}
+
+
 def main(argv=None) -> int:
     """Entry point of ``python -m bench``."""
     args = parse_args(argv)
     t0 = time.perf_counter()
+    source = vectors.source_state()  # what the editable `migrate` runs
     params = GenParams(args.chats, args.narrow, args.users, args.seed, args.huge_chat)
     data_dir, manifest = generate.ensure_dataset(params, log=log)
+    extra = {}
+    if args.vector_collections:
+        data_dir, manifest = with_vector_store(data_dir, manifest, args)
+        extra = {"run": run_with_vectors, "run_note": vectors.run_note}
+    if args.vector_collections or args.ingest_ceiling:
+        extra["after_run"] = ingest_ceiling
     plan = harness.Plan(scratch="bench-work-", databases="bench_migrate_", runs=args.runs,
-                        baselines=measure_baselines)
+                        baselines=measure_baselines, **extra)
     raw = harness.measure(args, log, data_dir, manifest, plan)
     summary = report.summarize(manifest["tables"], raw["baselines"], raw["migrate_runs"], os.cpu_count())
+    store = manifest.get("vector_store")
     header = (f"hridaai-migrate benchmark: {args.chats:,} chats, {args.narrow:,} narrow rows, seed {args.seed}"
-              f"{', +30 MB chat' if args.huge_chat else ''}; PostgreSQL {raw['server']['version']} "
-              f"(toast {'lz4' if raw['server']['lz4'] else 'pglz'}); {args.connections} connections; "
-              f"median of {args.runs} runs")
+              f"{', +30 MB chat' if args.huge_chat else ''}"
+              + (f", {store['collections']:,} Chroma collections" if store else "")
+              + f"; PostgreSQL {raw['server']['version']} (toast {'lz4' if raw['server']['lz4'] else 'pglz'}); "
+              f"{args.connections} connections; median of {args.runs} runs"
+              + (f"\nvector store: {store['description']}" if store else ""))
     print(report.render(summary, header))
-    doc = {"dataset": manifest, "data_dir": str(data_dir), "machine": harness.machine(), "summary": summary}
+    print("\n" + vectors.source_line(source))
+    doc = {"dataset": manifest, "data_dir": str(data_dir), "machine": harness.machine(), "source": source,
+           "summary": summary}
     return harness.finish(args, log, t0, doc, raw)
 
 

@@ -178,6 +178,38 @@ def ensure_dataset(params: GenParams, cache_dir: Path = CACHE_DIR, log=print) ->
     return final, manifest
 
 
+def _link(src: str, dst: str) -> str:
+    """Hard-link ``src`` as ``dst`` (a copy across file systems): what ``with_vector_store`` fills its dir with."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def with_vector_store(data_dir: Path, manifest: dict, vector_dir: Path, store: dict,
+                      cache_dir: Path = CACHE_DIR, log=print) -> tuple[Path, dict]:
+    """A data dir holding both ``data_dir``'s hridaai.db and ``vector_dir``'s ``vector_db/`` (``python -m bench
+    --vector-collections``): hard links to the two cached dirs' files in ``cache_dir/combined-<both names>/``, made
+    once (``migrate`` only reads its source; its snapshot copies regular files, which hard links are). Returns the
+    dir and ``manifest`` with ``vector_store`` = ``store`` (the store's summary) added."""
+    final = cache_dir / f"combined-{data_dir.name}-{vector_dir.name}"
+    doc = {**manifest, "vector_store": store}
+    if (final / "bench-manifest.json").exists():
+        log(f"dataset + vector store: cached {final}")
+        return final, doc
+    tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "uploads").mkdir(parents=True)
+    _link(str(data_dir / "hridaai.db"), str(tmp / "hridaai.db"))
+    shutil.copytree(vector_dir / "vector_db", tmp / "vector_db", copy_function=_link)
+    (tmp / "bench-manifest.json").write_text(json.dumps(doc, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    log(f"dataset + vector store: linked into {final}")
+    return final, doc
+
+
 def main(argv=None) -> None:
     """CLI: generate a data dir into the cache (or ``--out``) and print its manifest."""
     ap = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__)

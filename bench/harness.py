@@ -28,6 +28,9 @@ Log = Callable[[str], None]
 Child = Callable[[list[str], Path, Path, str, Path], Awaitable[dict]]
 # a finished child's dict -> text appended to its progress line
 Note = Callable[[dict], str]
+# (session, run index, database URI, the run's result so far) -> keys added to that result; runs after a successful
+# `migrate run` (and its verify), while its database still exists
+AfterRun = Callable[["Session", int, str, dict], Awaitable[dict]]
 FAILED = {"run": "migrate run", "verify": "verify"}  # a failed child's name in the progress log
 
 
@@ -83,6 +86,7 @@ class Plan:
     verify: Child = migrate_runner.run_verify
     run_note: Note = _no_note
     verify_note: Note = _no_note
+    after_run: AfterRun | None = None  # e.g. `python -m bench`'s ingest ceiling on the first run's database
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,8 @@ class Session:
         return results
 
     async def _migrate_once(self, plan: Plan, cmd: list[str], i: int) -> dict:
-        """Fresh database + work dir, `migrate run`, then (per --verify) `migrate verify`; cleaned up unless --keep."""
+        """Fresh database + work dir, `migrate run`, then (per --verify) `migrate verify`, then ``plan.after_run``;
+        cleaned up unless --keep."""
         dbname = f"{plan.databases}{i}"
         dsn = await pgutil.recreate_database(self.admin_dsn, dbname)
         work, logs = self.scratch / f"work-{i}", self.scratch / f"logs-{i}"
@@ -147,6 +152,8 @@ class Session:
         if self._reported("run", res["run"], plan.run_note) and self._verifies(i):
             res["verify"] = await plan.verify(cmd, self.data_dir, work, dsn, logs)
             self._reported("verify", res["verify"], plan.verify_note)
+        if plan.after_run is not None and res["run"]["ok"]:
+            res.update(await plan.after_run(self, i, dsn, res))
         if not self.args.keep:
             await pgutil.drop_database(self.admin_dsn, dbname)
             shutil.rmtree(work, ignore_errors=True)

@@ -251,7 +251,13 @@ def event_windows(*paths: str) -> dict[str, dict]:
 
 
 def event_phases(path: str, start_epoch: float | None, seconds: float) -> dict:
-    """Split the run's wall time by its progress events: before the first load, loading, finalize, after."""
+    """Split the run's wall time by its progress events: before the first load, loading, finalize, after.
+
+    With a vector store (``load`` units ``vector:<collection>``) also: ``snapshot_s`` / ``plan_s`` (from the
+    ``snapshot`` / ``plan`` start events to the next stage's start) within before the load, and the windows of
+    the two lanes within the load, which run at once: ``tables_s`` (first to last event of the other units) and
+    ``vectors_s``, each starting ``tables_from_s`` / ``vectors_from_s`` after the load's start.
+    """
     try:
         evs = [json.loads(x) for x in Path(path).read_text(errors="replace").splitlines() if x.startswith("{")]
     except (OSError, ValueError):
@@ -260,10 +266,24 @@ def event_phases(path: str, start_epoch: float | None, seconds: float) -> dict:
     fin = [e["ts"] for e in evs if e.get("stage") == "finalize" and "ts" in e]
     if not start_epoch or not load:
         return {}
-    end_load = max(load)
+    first, end_load = min(load), max(load)
     end_fin = max(fin) if fin else end_load
-    return {"before_load_s": min(load) - start_epoch, "load_s": end_load - min(load),
-            "finalize_s": end_fin - end_load, "after_s": start_epoch + seconds - end_fin}
+    out = {"before_load_s": first - start_epoch, "load_s": end_load - first,
+           "finalize_s": end_fin - end_load, "after_s": start_epoch + seconds - end_fin}
+    vec = [e["ts"] for e in evs if e.get("stage") == "load" and "ts" in e
+           and str(e.get("unit", "")).startswith("vector:")]
+    if vec:
+        starts = {e["stage"]: e["ts"] for e in reversed(evs) if e.get("state") == "start" and "ts" in e
+                  and e.get("stage") in ("snapshot", "plan", "schema")}
+        if "snapshot" in starts and "plan" in starts:
+            out["snapshot_s"] = starts["plan"] - starts["snapshot"]
+            out["plan_s"] = starts.get("schema", first) - starts["plan"]
+        tab = [e["ts"] for e in evs if e.get("stage") == "load" and "ts" in e
+               and not str(e.get("unit", "")).startswith("vector:")]
+        if tab:
+            out["tables_from_s"], out["tables_s"] = min(tab) - first, max(tab) - min(tab)
+        out["vectors_from_s"], out["vectors_s"] = min(vec) - first, max(vec) - min(vec)
+    return out
 
 
 async def run_migrate(cmd: list[str], data_dir: Path, work_dir: Path, dsn: str, logs: Path) -> dict:

@@ -57,10 +57,42 @@ def summarize(stats: dict, baselines: dict, runs: list[dict], cores: int | None 
                     "verify_peak_tree_rss_mb": median([r["verify"].get("peak_tree_rss_mb") for r in ok
                                                         if r.get("verify")]),
                     "all_tables_rows": all_rows, "end_to_end_rows_per_s": ratio(all_rows, run_s),
-                    "phases_s": {k: median([r["run"].get("phases", {}).get(k) for r in ok])
-                                 for k in ("before_load_s", "load_s", "finalize_s", "after_s")}},
+                    "phases_s": {k: median([r["run"].get("phases", {}).get(k) for r in ok]) for k in PHASES},
+                    "rss_by_role": roles_of([r["run"] for r in ok]),
+                    "verify_rss_by_role": roles_of([r["verify"] for r in ok if r.get("verify")])},
         "cpu": cpu_summary(baselines, ok, cores),
+        "install": install_summary(ok),
     }
+
+
+# migrate_runner.event_phases' keys, in the order printed (the snapshot/plan and lane ones only with vectors)
+PHASES = ("before_load_s", "snapshot_s", "plan_s", "load_s", "tables_from_s", "tables_s", "vectors_from_s",
+          "vectors_s", "finalize_s", "after_s")
+
+
+def roles_of(children: list[dict]) -> dict | None:
+    """Per-process peak RSS by role (main, worker, ...) of the first child that has it."""
+    return next((c["rss_by_role"] for c in children if c.get("rss_by_role")), None)
+
+
+def install_summary(ok_runs: list[dict]) -> dict | None:
+    """The whole install (``--vector-collections``): the vector lane from the runs' events, the ingest ceiling
+    (measured after the first run) and `migrate run`'s wall time over it; None when neither was measured."""
+    vec = [r["run"].get("vectors") or {} for r in ok_runs]
+    ing = next((r["ingest_ceiling"] for r in ok_runs if r.get("ingest_ceiling")), None) or {}
+    if not ing and not any(v.get("vectors") for v in vec):
+        return None
+    run_s, ing_s = median([r["run"]["seconds"] for r in ok_runs]), ing.get("seconds")
+    first_s = ok_runs[0]["run"]["seconds"] if ok_runs else None
+    return {"vectors": median([v.get("vectors") for v in vec]),
+            "vector_load_s": median([v.get("load_window_s") for v in vec]),
+            "vectors_per_s": median([v.get("vectors_per_s") for v in vec]),
+            "vector_load_and_indexes_s": median([v.get("load_and_indexes_s") for v in vec]),
+            "vector_index_s": median([(v.get("phases_s") or {}).get("vector_index_s") for v in vec]),
+            "ingest_ceiling_s": ing_s, "ingest_rows": ing.get("rows"), "ingest_bytes": ing.get("bytes"),
+            "ingest_tables": ing.get("tables"), "ingest_error": ing.get("error"),
+            "run_s": run_s, "run_over_ingest": ratio(run_s, ing_s),
+            "first_run_s": first_s, "first_run_over_ingest": ratio(first_s, ing_s)}
 
 
 def _ratios(mig, ceil, naive, rbr) -> dict:
@@ -146,16 +178,73 @@ def render(summary: dict, header: str) -> str:
               "~ naive rate measured on a prefix within the time budget and applied to the whole table.",
               "ceil/naive, ceil/rbr: the ceiling against the slower baselines, the most any migrator reaches against "
               "them on this server.",
+              *(["with a vector store the run's wall time, TOTAL* and the CPU figures include the vector lane (loading "
+                 "at once with the tables,", "  which also share the server with it): compare the whole run with the "
+                 "ingest ceiling below instead."] if (summary.get("install") or {}).get("vectors") else []),
               "",
               f"migrate run   : {m['succeeded']}/{m['runs']} runs ok; median wall {_fmt(m['run_seconds'], 1, ' s')}, "
               f"peak RSS {_fmt(m['peak_rss_mb'], 0, ' MB')} (largest process; all processes together "
               f"{_fmt(m.get('peak_tree_rss_mb'), 0, ' MB')}), end-to-end {_fmt(m['end_to_end_rows_per_s'])} rows/s",
-              "  phases (from its events): " + ", ".join(
-                  f"{k[:-2].replace('_', ' ')} {_fmt(v, 1, ' s')}" for k, v in m["phases_s"].items()),
+              "  phases (from its events): " + phases_text(m["phases_s"]),
+              f"  peak RSS per process: {roles_text(m.get('rss_by_role'))}",
               f"migrate verify: median wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
               f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
-              f", exit 0 in {sum(m['verify_ok'])}/{len(m['verify_ok'])}"]
-    return "\n".join(lines + render_cpu(summary.get("cpu") or {}))
+              f", exit 0 in {sum(m['verify_ok'])}/{len(m['verify_ok'])}",
+              f"  peak RSS per process: {roles_text(m.get('verify_rss_by_role'))}"]
+    return "\n".join(lines + render_install(summary.get("install")) + render_cpu(summary.get("cpu") or {}))
+
+
+def phases_text(p: dict) -> str:
+    """``before load 3.1 s (snapshot 1.0 s, plan 1.2 s), load 7.0 s (tables 1.2 s from +0.0 s, vectors 6.9 s from
+    +0.1 s), finalize 2.0 s, after 0.1 s``; the parenthesised parts only when the run had vectors."""
+    def part(k):
+        return f"{k[:-2].replace('_', ' ')} {_fmt(p.get(k), 1, ' s')}"
+
+    before = [part(k) for k in ("snapshot_s", "plan_s") if p.get(k) is not None]
+    lanes = [f"{lane} {_fmt(p[lane + '_s'], 1, ' s')} from +{_fmt(p.get(lane + '_from_s'), 1, ' s')}"
+             for lane in ("tables", "vectors") if p.get(lane + "_s") is not None]
+    return ", ".join([part("before_load_s") + (f" ({', '.join(before)})" if before else ""),
+                      part("load_s") + (f" ({', '.join(lanes)})" if lanes else ""), part("finalize_s"),
+                      part("after_s")])
+
+
+def roles_text(roles: dict | None) -> str:
+    """``main 120 MB; 2 worker 210/198 MB; 1 resource_tracker 12 MB`` (both benches' per-process peak RSS)."""
+    if not roles:
+        return "-"
+    order = sorted(roles, key=lambda r: (r != "main", r != "worker", r))
+    return "; ".join(f"{r} {'/'.join(_fmt(x) for x in roles[r]['peaks_mb'])} MB" if r == "main" else
+                     f"{roles[r]['count']} {r} " + "/".join(_fmt(x) for x in roles[r]["peaks_mb"])
+                     + (" ..." if roles[r]["count"] > len(roles[r]["peaks_mb"]) else "") + " MB" for r in order)
+
+
+def render_install(i: dict | None, top: int = 3) -> list[str]:
+    """The whole install: the ingest ceiling, `migrate run` over it (issue 18's targets), the vector lane."""
+    if not i:
+        return []
+    out = ["", "whole install (every table, document_chunk included):"]
+    if i.get("ingest_error"):
+        out.append(f"  ingest ceiling: FAILED ({i['ingest_error']})")
+    elif i.get("ingest_ceiling_s") is not None:
+        tables = sorted((i.get("ingest_tables") or {}).items(), key=lambda kv: -kv[1]["seconds"])
+        rest = tables[top:]
+        parts = [f"{t} {_fmt(v['seconds'], 1, ' s')}" for t, v in tables[:top]]
+        if rest:
+            parts.append(f"the other {len(rest)} {_fmt(sum(v['seconds'] for _, v in rest), 1, ' s')}")
+        out += [f"  ingest ceiling (psql \\copy, text, 1 connection, into index-free copies of all {len(tables)} "
+                f"tables): {_fmt(i['ingest_ceiling_s'], 1, ' s')} for {_fmt(i.get('ingest_rows'))} rows, "
+                f"{_fmt((i.get('ingest_bytes') or 0) / 1e6, 0, ' MB')} of text",
+                f"    {', '.join(parts)}",
+                f"  migrate run, whole wall (median): {_fmt(i['run_s'], 1, ' s')} = "
+                f"{_fmt(i['run_over_ingest'], 2, 'x')} the ingest ceiling (first run {_fmt(i['first_run_s'], 1, ' s')}"
+                f" = {_fmt(i['first_run_over_ingest'], 2, 'x')}; issue 18's targets: <= 2x on stores like its A, "
+                "<= 5x on thousands of tiny collections)"]
+    if i.get("vectors"):
+        out.append(f"  vectors: {_fmt(i['vectors'])} in a load window of {_fmt(i['vector_load_s'], 1, ' s')} "
+                   f"({_fmt(i['vectors_per_s'])}/s); first vector start -> vector index built "
+                   f"{_fmt(i['vector_load_and_indexes_s'], 1, ' s')} "
+                   f"(its build {_fmt(i.get('vector_index_s'), 1, ' s')})")
+    return out
 
 
 def render_cpu(c: dict) -> list[str]:

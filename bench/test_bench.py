@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from bench import generate, pgutil, report
 from bench.generate import GenParams
 from bench.migrate_runner import table_windows
@@ -94,3 +96,91 @@ def test_busy_core_seconds_advance_with_work():
     while cpu.own_core_s() - t < 0.3:
         pass
     assert cpu.delta(before, cpu.busy_core_s()) >= 0.2
+
+
+def test_event_phases_split_the_two_lanes(tmp_path):
+    from bench.migrate_runner import event_phases
+    log = tmp_path / "err"
+    evs = [{"ts": 101.0, "stage": "snapshot", "state": "start"}, {"ts": 102.0, "stage": "plan", "state": "start"},
+           {"ts": 104.0, "stage": "schema", "state": "start"},
+           {"ts": 104.5, "stage": "load", "unit": "chat", "state": "start"},
+           {"ts": 104.6, "stage": "load", "unit": "vector:file-a", "state": "start"},
+           {"ts": 105.5, "stage": "load", "unit": "chat", "state": "done", "rows": 3},
+           {"ts": 108.0, "stage": "load", "unit": "vector:file-a", "state": "done", "rows": 9},
+           {"ts": 106.0, "stage": "finalize", "step": "analyze"},
+           {"ts": 110.0, "stage": "finalize", "step": "vector-index"}]
+    log.write_text("noise\n" + "".join(json.dumps(e) + "\n" for e in evs))
+    p = {k: round(v, 3) for k, v in event_phases(str(log), 100.0, 10.5).items()}
+    assert p == {"before_load_s": 4.5, "load_s": 3.5, "finalize_s": 2.0, "after_s": 0.5, "snapshot_s": 1.0,
+                 "plan_s": 2.0, "tables_from_s": 0.0, "tables_s": 1.0, "vectors_from_s": 0.1, "vectors_s": 3.4}
+    text = report.phases_text(p)
+    assert text == ("before load 4.5 s (snapshot 1.0 s, plan 2.0 s), load 3.5 s (tables 1.0 s from +0.0 s, vectors "
+                    "3.4 s from +0.1 s), finalize 2.0 s, after 0.5 s")
+    # without vectors: the four phases as before
+    log.write_text("".join(json.dumps(e) + "\n" for e in evs if "vector" not in str(e.get("unit"))))
+    assert set(event_phases(str(log), 100.0, 10.5)) == {"before_load_s", "load_s", "finalize_s", "after_s"}
+    assert report.phases_text({"before_load_s": 1.0}) == "before load 1.0 s, load -, finalize -, after -"
+
+
+def test_ingest_scripts_and_psql_output(tmp_path):
+    from bench import ingest
+    tables = ["chat", 'we"ird']
+    dump = ingest.dump_script(tables, tmp_path)
+    assert dump.splitlines() == [f"\\copy public.\"chat\" TO '{tmp_path}/0000.copy'",
+                                 f"\\copy public.\"we\"\"ird\" TO '{tmp_path}/0001.copy'"]
+    load = ingest.load_script(tables, tmp_path).splitlines()
+    assert load[0] == "\\timing on" and load[2] == f"\\copy bench_ingest.\"we\"\"ird\" FROM '{tmp_path}/0001.copy'"
+    out = "COPY 12\nTime: 3.500 ms\nCOPY 0\nTime: 1500.250 ms (00:01.500)\n"
+    assert ingest.parse_load_output(out, tables) == {"chat": {"rows": 12, "seconds": 0.0035},
+                                                      'we"ird': {"rows": 0, "seconds": 1.50025}}
+    with pytest.raises(ValueError):
+        ingest.parse_load_output("COPY 12\nTime: 3.5 ms\n", tables)
+
+
+def _run(seconds, **kw):
+    return {"ok": True, "seconds": seconds, "peak_rss_mb": 100.0, "tables": {}, "phases": {}, **kw}
+
+
+def test_install_summary_and_its_lines():
+    vec = {"vectors": 900, "load_window_s": 3.0, "vectors_per_s": 300.0, "load_and_indexes_s": 4.0}
+    tables = {"document_chunk": {"rows": 900, "seconds": 3.0}, "chat": {"rows": 5, "seconds": 0.5},
+              "message": {"rows": 9, "seconds": 0.2}, "user": {"rows": 2, "seconds": 0.01},
+              "auth": {"rows": 2, "seconds": 0.02}}
+    runs = [{"run": _run(12.0, vectors=vec, rss_by_role={"main": {"count": 1, "max_mb": 99.0, "peaks_mb": [99.0]}}),
+             "ingest_ceiling": {"seconds": 4.0, "rows": 918, "bytes": 5e6, "tables": tables}},
+            {"run": _run(8.0, vectors=vec)}, {"run": {"ok": False, "seconds": 1.0}}]
+    i = report.install_summary([r for r in runs if r["run"]["ok"]])
+    assert (i["run_s"], i["run_over_ingest"], i["first_run_over_ingest"], i["vectors"]) == (10.0, 2.5, 3.0, 900)
+    assert report.install_summary([{"run": _run(8.0)}]) is None  # tables only, no ingest ceiling: nothing to add
+    stats = {t: {"rows": 10, "bytes": 1000} for t in pgutil.BENCH_TABLES}
+    base = {t: {k: {"rows_per_s": None, "mb_per_s": None, "scaled": False} for k in ("ceiling", "naive",
+                                                                                        "row_by_row")}
+            for t in pgutil.BENCH_TABLES}
+    text = report.render(report.summarize(stats, base, runs), "hdr")
+    assert "into index-free copies of all 5 tables): 4.0 s for 918 rows, 5 MB of text" in text
+    assert "document_chunk 3.0 s, chat 0.5 s, message 0.2 s, the other 2 0.0 s" in text
+    assert "migrate run, whole wall (median): 10.0 s = 2.50x the ingest ceiling (first run 12.0 s = 3.00x" in text
+    assert "vectors: 900 in a load window of 3.0 s (300/s); first vector start -> vector index built 4.0 s" in text
+    assert "  peak RSS per process: main 99 MB" in text and "include the vector lane" in text
+    failed = report.render_install(report.install_summary([{"run": _run(8.0), "ingest_ceiling": {"error": "no psql"}}]))
+    assert "  ingest ceiling: FAILED (no psql)" in failed
+
+
+def test_with_vector_store_links_both_dirs(tmp_path):
+    rel, vec = tmp_path / "rel", tmp_path / "vectors-x"
+    (rel / "uploads").mkdir(parents=True)
+    (rel / "hridaai.db").write_bytes(b"db")
+    (vec / "vector_db" / "seg").mkdir(parents=True)
+    (vec / "vector_db" / "chroma.sqlite3").write_bytes(b"chroma")
+    (vec / "vector_db" / "seg" / "data_level0.bin").write_bytes(b"hnsw")
+    lines = []
+    d, m = generate.with_vector_store(rel, {"tables": {}}, vec, {"collections": 3}, cache_dir=tmp_path / "c",
+                                      log=lines.append)
+    assert d == tmp_path / "c" / "combined-rel-vectors-x" and m == {"tables": {}, "vector_store": {"collections": 3}}
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == [
+        "bench-manifest.json", "hridaai.db", "uploads", "vector_db", "vector_db/chroma.sqlite3", "vector_db/seg",
+        "vector_db/seg/data_level0.bin"]
+    assert (d / "vector_db/seg/data_level0.bin").stat().st_ino == (vec / "vector_db/seg/data_level0.bin").stat().st_ino
+    assert (d / "hridaai.db").samefile(rel / "hridaai.db")
+    assert generate.with_vector_store(rel, {}, vec, {}, cache_dir=tmp_path / "c", log=lines.append)[0] == d
+    assert lines[-1].startswith("dataset + vector store: cached")

@@ -66,3 +66,40 @@ def test_finish_writes_the_results_and_sets_the_exit_code(tmp_path):
     assert harness.finish(args, lambda _: None, 0.0, {}, {"migrate_runs": []}) == 1  # no run although asked for
     args.no_migrate = True
     assert harness.finish(args, lambda _: None, 0.0, {}, {"migrate_runs": []}) == 0
+
+
+def test_after_run_sees_each_successful_run_before_its_database_is_dropped(tmp_path, monkeypatch):
+    events = []
+
+    async def recreate(admin_dsn, name):
+        return f"postgresql:///{name}"
+
+    async def drop(admin_dsn, name):
+        events.append(("drop", name))
+
+    async def child(cmd, data_dir, work, dsn, logs):
+        events.append(("child", dsn))
+        return _child(True)
+
+    async def after(session, i, dsn, res):
+        events.append(("after", i, dsn, "verify" in res))
+        return {"ingest_ceiling": {"seconds": 1.0}} if i == 0 else {}
+
+    monkeypatch.setattr(harness.pgutil, "recreate_database", recreate)
+    monkeypatch.setattr(harness.pgutil, "drop_database", drop)
+    plan = harness.Plan(scratch="unused-", databases="bench_t_", runs=2, baselines=None, run=child, verify=child,
+                        after_run=after)
+    session = harness.Session(argparse.Namespace(verify="first", keep=False), lambda _: None, tmp_path, {}, "admin",
+                              tmp_path)
+    results = asyncio.run(session.migrate_runs(plan, ["migrate"]))
+    assert [("ingest_ceiling" in r) for r in results] == [True, False]
+    assert events == [("child", "postgresql:///bench_t_0"), ("child", "postgresql:///bench_t_0"),
+                      ("after", 0, "postgresql:///bench_t_0", True), ("drop", "bench_t_0"),
+                      ("child", "postgresql:///bench_t_1"), ("after", 1, "postgresql:///bench_t_1", False),
+                      ("drop", "bench_t_1")]
+
+
+def test_vector_collections_option():
+    assert bench_main.parse_args([]).vector_collections == 0 and not bench_main.parse_args([]).ingest_ceiling
+    a = bench_main.parse_args(["--vector-collections", "300", "--ingest-ceiling"])
+    assert (a.vector_collections, a.ingest_ceiling) == (300, True)

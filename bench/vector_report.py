@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bench.report import median, ratio
+from bench.report import median, ratio, roles_of, roles_text
 
 
 def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
@@ -64,15 +64,10 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
                         "recall_at_10": median([v["report"].get("recall_at_10") for v in ver]),
                         "self_retrieval": ver[0]["report"].get("self_retrieval") if ver else None,
                         "vs_ceiling": ratio(load_rate, ceil), "vs_chroma_read": ratio(load_rate, read),
-                        "rss_by_role": _roles([r["run"] for r in ok]),
-                        "verify_rss_by_role": _roles(ver)},
+                        "rss_by_role": roles_of([r["run"] for r in ok]),
+                        "verify_rss_by_role": roles_of(ver)},
             "versus_ceiling": _versus(ceiling, run_s, ver_s, median(
                 [r["run"]["vectors"].get("load_and_indexes_s") for r in ok])) if real else None}
-
-
-def _roles(children: list[dict]) -> dict | None:
-    """Per-process peak RSS by role (main, worker, ...) of the first child that has it."""
-    return next((c["rss_by_role"] for c in children if c.get("rss_by_role")), None)
 
 
 def _versus(ceiling: dict, run_s, verify_s, vector_part_s) -> dict:
@@ -101,16 +96,6 @@ def _cpu_line(m: dict) -> list[str]:
         return []
     return [f"  CPU: {_fmt(busy, 1)} busy core-seconds on {os.cpu_count()} cores: tool {_fmt(tool, 1)}, "
             f"server and the rest {_fmt(busy - tool, 1)}"]
-
-
-def _roles_text(roles: dict | None) -> str:
-    """``main 120 MB; 2 worker 210/198 MB; 1 resource_tracker 12 MB``."""
-    if not roles:
-        return "-"
-    order = sorted(roles, key=lambda r: (r != "main", r != "worker", r))
-    return "; ".join(f"{r} {'/'.join(_fmt(x) for x in roles[r]['peaks_mb'])} MB" if r == "main" else
-                     f"{roles[r]['count']} {r} " + "/".join(_fmt(x) for x in roles[r]["peaks_mb"])
-                     + (" ..." if roles[r]["count"] > len(roles[r]["peaks_mb"]) else "") + " MB" for r in order)
 
 
 def _versus_lines(v: dict | None) -> list[str]:
@@ -149,13 +134,13 @@ def render(summary: dict, header: str) -> str:
                 f"{_fmt(m.get('peak_tree_rss_mb'), 0, ' MB')})",
                 "  phases (from its events): " + ", ".join(
                     f"{k[:-2].replace('_', ' ')} {_fmt(v, 1, ' s')}" for k, v in m["phases_s"].items()),
-                f"  peak RSS per process: {_roles_text(m.get('rss_by_role'))}",
+                f"  peak RSS per process: {roles_text(m.get('rss_by_role'))}",
                 *_cpu_line(m),
                 f"migrate verify: wall {_fmt(m['verify_seconds'], 1, ' s')}, peak RSS "
                 f"{_fmt(m['verify_peak_rss_mb'], 0, ' MB')} (together {_fmt(m.get('verify_peak_tree_rss_mb'), 0, ' MB')})"
                 f", exit 0 in {sum(bool(x) for x in m['verify_ok'])}/"
                 f"{len(m['verify_ok'])}, recall@10 {m['recall_at_10']}, self-retrieval {m['self_retrieval']}",
-                f"  peak RSS per process: {_roles_text(m.get('verify_rss_by_role'))}"]
+                f"  peak RSS per process: {roles_text(m.get('verify_rss_by_role'))}"]
     out += _versus_lines(summary.get("versus_ceiling"))
     out += ["",
             "÷ceiling / ÷chroma read: rate of the line divided by the (first) ceiling's / the chromadb read's.",

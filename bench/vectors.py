@@ -153,7 +153,7 @@ async def run_verify(cmd: list[str], data_dir: Path, work: Path, dsn: str, logs:
     return ver
 
 
-def _run_note(r: dict) -> str:
+def run_note(r: dict) -> str:
     """The vector load, on the run's progress line."""
     v = r["vectors"]
     return (f"; vector load {v.get('vectors', 0):,} in {v.get('load_window_s') or 0:.1f} s "
@@ -256,18 +256,31 @@ def source_state() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "migrator_uncommitted": dirty.splitlines() if dirty else []}
 
 
+def source_line(source: dict) -> str:
+    """``migrator: commit 0123456789 + 2 uncommitted files under migrator/``, below both benches' tables."""
+    dirty = source["migrator_uncommitted"]
+    return (f"migrator: commit {(source['commit'] or '?')[:10]}"
+            + (f" + {len(dirty)} uncommitted files under migrator/" if dirty else ""))
+
+
+def scrub_vector_env() -> None:
+    """Drop ``PGVECTOR_*`` and ``CHROMA_*`` from the environment the children inherit: ``migrate`` must pad to its
+    default 1536 and read only --data-dir's store (both entry points, when they have vectors)."""
+    for k in [k for k in os.environ if k.startswith(("PGVECTOR_", "CHROMA_"))]:
+        os.environ.pop(k)
+
+
 def main(argv=None) -> int:
     """Entry point of ``python -m bench.vectors``."""
     args = parse_args(argv)
     t0 = time.perf_counter()
-    for k in [k for k in os.environ if k.startswith(("PGVECTOR_", "CHROMA_"))]:
-        os.environ.pop(k)  # the child must pad to the default 1536 and read only --data-dir's store
+    scrub_vector_env()
     load0 = os.getloadavg()
     source = source_state()
     params = dataset_params(args)
     data_dir, manifest = vector_data.ensure_dataset(params, log=log)
     plan = harness.Plan(scratch="bench-vectors-", databases="bench_vmigrate_", runs=args.migrate_runs,
-                        baselines=baselines, run=run_migrate, verify=run_verify, run_note=_run_note,
+                        baselines=baselines, run=run_migrate, verify=run_verify, run_note=run_note,
                         verify_note=_verify_note)
     raw = harness.measure(args, log, data_dir, manifest, plan)
     summary = vector_report.summarize(manifest, raw["baselines"], raw["migrate_runs"])
@@ -282,9 +295,7 @@ def main(argv=None) -> int:
               + (f"; CPU split: server on {split['server']['cpus']}, tool on {split['tool']['cpus']}" if split else "")
               + (f"\nstore: {vector_data.describe_real(manifest)}" if manifest.get("profile") == "real" else ""))
     print(vector_report.render(summary, header))
-    print(f"\nmigrator: commit {(source['commit'] or '?')[:10]}"
-          + (f" + {len(source['migrator_uncommitted'])} uncommitted files under migrator/"
-             if source["migrator_uncommitted"] else ""))
+    print("\n" + source_line(source))
     doc = {"dataset": manifest, "data_dir": str(data_dir),
            "machine": harness.machine() | {"loadavg_start": load0, "loadavg_end": load1},
            "source": source, "summary": summary}

@@ -42,22 +42,22 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
         parts = await asyncio.to_thread(split.split_all, snapshot.db_path, loaded)
         run, resumed = await begin(ctx, conn, parts, resume=resume)
         report = LoadReport(run["run_id"], snapshot.snapshot_id, run["mode"], resumed)
-        # the two lanes at once: tables over the load workers, vectors over connections of this process (the
-        # server's work of one fills the other's waits; document_chunk references no table)
-        await run_all([_tables_then_close(ctx, pool, parts), _vectors(ctx, run["run_id"])])
-        if ctx.stop.requested:
-            report.interrupted = True
-            return await summarise(conn, report)
-        workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(0, settings.jobs - 1))]
-        # document_chunk's indexes build on a connection of their own while the tables' indexes, sequences and
-        # ANALYZE run: the run is marked done only once both are
-        vector_indexes = asyncio.create_task(vectors_load.finish(ctx, run_id=run["run_id"]))
+        # the two lanes at once: tables over the load workers, then the tables' finalize; vectors over connections
+        # of this process, then document_chunk's indexes (document_chunk references no table). The run is marked
+        # done only once both lanes are.
+        vectors = asyncio.create_task(_vectors(ctx, run["run_id"]))
         try:
-            await finalize(ctx, conn, [conn, *workers], run, before_done=vector_indexes)
+            await _first_failure(_tables_then_close(ctx, pool, parts), vectors)
+            if ctx.stop.requested:
+                await vectors  # it stops after its current batches too
+                report.interrupted = True
+                return await summarise(conn, report)
+            workers = [await pgt.connect(settings.target_url, bulk=True) for _ in range(max(0, settings.jobs - 1))]
+            await finalize(ctx, conn, [conn, *workers], run, before_done=vectors)
         finally:
-            if not vector_indexes.done():
-                vector_indexes.cancel()
-            await asyncio.gather(vector_indexes, return_exceptions=True)
+            if not vectors.done():
+                vectors.cancel()
+            await asyncio.gather(vectors, return_exceptions=True)
         clean = True
         return await summarise(conn, report)
     except Exception as exc:
@@ -80,9 +80,27 @@ async def _tables_then_close(ctx: RunContext, pool: Pool | None, parts: dict[str
 
 
 async def _vectors(ctx: RunContext, run_id: str) -> None:
+    """The vector lane: every collection, then (unless stopped) document_chunk's indexes."""
     if not ctx.stop.requested and ctx.plan.vectors:
         ctx.progress.event("vectors", state="start")
-        await vectors_load.execute(ctx, run_id=run_id, indexes=False)
+        await vectors_load.execute(ctx, run_id=run_id)
+
+
+async def _first_failure(tables, vectors: asyncio.Task) -> None:
+    """Run the table lane while `vectors` runs; the first failure of either cancels the table lane and raises
+    (the caller cancels `vectors`). Returns when the table lane is done, `vectors` possibly still running."""
+    lane = asyncio.create_task(tables)
+    try:
+        pending = {lane, vectors}
+        while lane in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if vectors in done and vectors.exception() is not None:
+                raise vectors.exception()
+        await lane  # its exception, if any
+    finally:
+        if not lane.done():
+            lane.cancel()
+            await asyncio.gather(lane, return_exceptions=True)
 
 
 async def _load_tables(ctx: RunContext, pool: Pool | None, parts: dict[str, list[split.Part]]) -> None:

@@ -33,10 +33,10 @@ def unit_of(collection: str) -> str:
     return PREFIX + collection
 
 
-async def execute(ctx: RunContext, *, run_id: str, indexes: bool = True) -> None:
+async def execute(ctx: RunContext, *, run_id: str) -> None:
     """Load every collection of the plan into PGVECTOR_DB_URL's document_chunk (its own connection; with the ledger
-    there too, under the same run id, when that is another database than the target's); then, with `indexes`, build
-    document_chunk's indexes (else the caller runs `finish`, e.g. beside the relational finalize).
+    there too, under the same run id, when that is another database than the target's); then build document_chunk's
+    indexes (secondary ones, ANALYZE, the vector index) and, for a pgvector database apart, end its ledger's run.
 
     Raises PreflightError (exit 4) when the pgvector database is another migration's or not ours to create in,
     TransientError (exit 75) when a connection is lost; `ctx.stop` ends it after the current batches."""
@@ -46,18 +46,8 @@ async def execute(ctx: RunContext, *, run_id: str, indexes: bool = True) -> None
         if _separate(ctx):
             await _own_ledger(ctx, conn, run_id)
         await _load(ctx, conn)
-        if indexes and not ctx.stop.requested:
+        if not ctx.stop.requested:
             await _finish(ctx, conn, run_id)
-
-
-async def finish(ctx: RunContext, *, run_id: str) -> None:
-    """document_chunk's indexes (secondary ones, then the vector index) and, for a pgvector database apart, the end
-    of its own ledger's run: a step of its own, on a connection of its own, so that it may run while the relational
-    finalize builds the tables' indexes."""
-    if not ctx.plan.vectors:
-        return
-    async with _connection(ctx) as conn:
-        await _finish(ctx, conn, run_id)
 
 
 def _separate(ctx: RunContext) -> bool:
