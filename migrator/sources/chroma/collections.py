@@ -120,3 +120,15 @@ def segment_ids(store: DirectStore, names: list[str]) -> list[str]:
         return [r[0] for r in store.conn.execute(
             f"SELECT s.id FROM segments s JOIN collections c ON c.id = s.collection "
             f"WHERE c.name IN ({','.join('?' * len(names))})", names)] if names else []
+
+
+def versions(store: DirectStore) -> dict[str, tuple[str, int]]:
+    """Collection name -> (collection id, its metadata segment's max_seq_id): chromadb moves that seq_id with every
+    write it applies to the collection (add, update, upsert, delete), and a collection deleted then made again gets
+    a new id, so two snapshots agree on this pair exactly when the collection was not written in between."""
+    with store.lock:
+        rows = store.conn.execute(
+            "SELECT c.name, c.id, coalesce(m.seq_id, 0) FROM collections c JOIN databases d ON d.id = c.database_id "
+            "JOIN segments s ON s.collection = c.id AND s.type = ? LEFT JOIN max_seq_id m ON m.segment_id = s.id "
+            "WHERE d.name = 'default_database' AND d.tenant_id = 'default_tenant'", (_METADATA_SEGMENT,)).fetchall()
+    return {name: (cid, int(seq)) for name, cid, seq in rows}
