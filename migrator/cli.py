@@ -135,6 +135,13 @@ def run(resume: bool, force_clear: bool, **kw) -> None:
     _invoke(commands.run, kw, resume=resume)
 
 
+@main.command("catch-up")
+@_common
+def catch_up(**kw) -> None:
+    """Bring the target to a new snapshot, writing only what changed since the last run (or catch-up)."""
+    _invoke(commands.catch_up, kw)
+
+
 @main.command()
 @_common
 @click.option("--sample-size", type=int, help="Rows compared field by field (default 200).")

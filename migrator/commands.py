@@ -106,6 +106,31 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
         progress.close()
 
 
+NEXT_SNAPSHOT = "snapshot-next"
+
+
+def catch_up(settings: Settings) -> Outcome:
+    """`migrate catch-up`: a new snapshot, and the target brought from the work dir's snapshot to it, writing only
+    what changed; exactly once and resumable (an interrupted catch-up continues with the snapshot it took)."""
+    from migrator.catchup import run as catchup
+
+    settings, notes = _target(settings, start=True)
+    old = snap.find(settings)
+    if old is None:
+        raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
+                         hint="catch-up continues a finished `migrate run`: pass its --work-dir")
+    new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT)
+    p = asyncio.run(plan_stage.build(settings, new, scan=False))
+    progress = choose(settings.log_format)
+    try:
+        report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old))
+    finally:
+        progress.close()
+    snap.promote(settings, NEXT_SNAPSHOT)
+    _save_report(settings, "catch-up.json", report.asdict())
+    return Outcome(report, notes)
+
+
 def verify(settings: Settings) -> Outcome:
     """`migrate verify`: exit 0 only when everything matches (3 otherwise)."""
     settings, notes = _target(settings, start=True)

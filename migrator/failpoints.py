@@ -8,7 +8,8 @@ dict lookup per event.
 
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
-groups have not), index (secondary or vector index builds), stamp (sequences, alembic).
+groups have not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
+catch-up (a step, deletes or upserts of one table, has just committed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import signal
 
 ENV = "HRIDAAI_MIGRATE_STOP_AT"
-POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp")
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "catch-up")
 _FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
                    "sequences": "stamp", "alembic": "stamp"}
 _stopped: set[str] = set()
@@ -28,7 +29,7 @@ def point_of(event: dict) -> str | None:
     stage = event.get("stage")
     if stage == "vectors" and "group" in event:
         return "vector-group"
-    if stage in ("snapshot", "plan", "schema", "vectors"):
+    if stage in ("snapshot", "plan", "schema", "vectors", "catch-up"):
         return stage
     if stage == "load":
         return "vectors" if str(event.get("unit", "")).startswith("vector:") else "copy"

@@ -114,16 +114,7 @@ def _only(unit: str | None) -> tuple[str, list]:
 async def record_batch(conn: asyncpg.Connection, *, unit: str, batch_no: int, snapshot_id: str, first_key: int,
                        last_key: int, rows: int, nbytes: int, quarantine: list[tuple], fixups: list[tuple]) -> None:
     """Write the batch's ledger row, quarantined rows and fixups (inside the batch's transaction)."""
-    if quarantine:
-        await conn.copy_records_to_table("quarantine", schema_name=OWN_SCHEMA, records=[
-            (unit, key, reason, policy, column, row_json, batch_no)
-            for key, reason, policy, column, row_json in quarantine],
-            columns=["unit", "key", "reason", "policy", "column_name", "row_json", "batch_no"])
-    if fixups:
-        await conn.copy_records_to_table("fixup", schema_name=OWN_SCHEMA, records=[
-            (unit, key, column, policy, action, original, batch_no)
-            for key, column, policy, action, original in fixups],
-            columns=["unit", "key", "column_name", "policy", "action", "original", "batch_no"])
+    await _row_records(conn, unit, batch_no, quarantine, fixups)
     await conn.execute(
         f"INSERT INTO {SCHEMA}.batch (unit, batch_no, snapshot_id, first_key, last_key, rows, quarantined, bytes, fixups) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -140,6 +131,20 @@ class WholeUnit:
     nbytes: int
     quarantine: list[tuple]
     fixups: list[tuple]
+
+
+async def _row_records(conn: asyncpg.Connection, unit: str, batch_no: int, quarantine: list[tuple],
+                       fixups: list[tuple]) -> None:
+    if quarantine:
+        await conn.copy_records_to_table("quarantine", schema_name=OWN_SCHEMA, records=[
+            (unit, key, reason, policy, column, row_json, batch_no)
+            for key, reason, policy, column, row_json in quarantine],
+            columns=["unit", "key", "reason", "policy", "column_name", "row_json", "batch_no"])
+    if fixups:
+        await conn.copy_records_to_table("fixup", schema_name=OWN_SCHEMA, records=[
+            (unit, key, column, policy, action, original, batch_no)
+            for key, column, policy, action, original in fixups],
+            columns=["unit", "key", "column_name", "policy", "action", "original", "batch_no"])
 
 
 async def record_whole_units(conn: asyncpg.Connection, snapshot_id: str, units: list[WholeUnit]) -> None:
@@ -196,6 +201,23 @@ async def fixups(conn: asyncpg.Connection) -> list[dict]:
     """Every fixup applied."""
     return [dict(r) for r in await conn.fetch(
         f"SELECT unit, key, column_name, policy, action, original FROM {SCHEMA}.fixup ORDER BY unit, key, column_name")]
+
+
+async def replace_row_records(conn: asyncpg.Connection, table: str, keys: list[str], quarantine: list[tuple],
+                              fixups: list[tuple]) -> None:
+    """A catch-up rewrote (or removed) the rows `keys` of `table`: their quarantine rows and fixups, from every part of
+    the table, are replaced by these (recorded under the table's first unit, batch 0)."""
+    if keys:
+        for what in ("quarantine", "fixup"):
+            await conn.execute(f"DELETE FROM {SCHEMA}.{what} WHERE split_part(unit, $2, 1) = $1 "
+                               "AND key = ANY($3::text[])", table, UNIT_SEP, keys)
+    await _row_records(conn, table, 0, quarantine, fixups)
+
+
+async def move_run(conn: asyncpg.Connection, run_id: str, snapshot_id: str) -> None:
+    """The run's target now holds `snapshot_id` (a catch-up's last commit)."""
+    await conn.execute(f"UPDATE {SCHEMA}.run SET snapshot_id = $2, finished_at = now() WHERE run_id = $1",
+                       run_id, snapshot_id)
 
 
 def table_of(unit: str) -> str:

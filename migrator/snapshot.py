@@ -77,8 +77,9 @@ class Snapshot:
         return "\n".join(lines)
 
 
-def take(settings: Settings) -> Snapshot:
-    """Copy the source into WORK_DIR/snapshot atomically (temp dir + rename) and write its manifest.
+def take(settings: Settings, *, name: str = SNAPSHOT_DIR) -> Snapshot:
+    """Copy the source into WORK_DIR/<name> (default `snapshot`; `catch-up` takes `snapshot-next` beside the one the
+    target holds) atomically (temp dir + rename) and write its manifest.
 
     One snapshot at a time per work dir (a file lock); a killed snapshot leaves only a temp dir, removed next time.
 
@@ -97,7 +98,7 @@ def take(settings: Settings) -> Snapshot:
         old_umask = os.umask(0o077)
         try:
             snap = _copy_into(tmp, source, settings)
-            final = work / SNAPSHOT_DIR
+            final = work / name
             if final.exists():
                 os.replace(final, tmp.with_suffix(".old.tmp"))  # a manifest never survives without its files
                 shutil.rmtree(tmp.with_suffix(".old.tmp"))
@@ -145,9 +146,9 @@ def _work_lock(work: Path):
         os.close(fd)
 
 
-def find(settings: Settings) -> Snapshot | None:
-    """The snapshot already in the work dir, or None."""
-    path = settings.work_dir / SNAPSHOT_DIR / MANIFEST
+def find(settings: Settings, *, name: str = SNAPSHOT_DIR) -> Snapshot | None:
+    """The snapshot already in the work dir (WORK_DIR/<name>), or None."""
+    path = settings.work_dir / name / MANIFEST
     if not path.exists():
         return None
     doc = json.loads(path.read_text())
@@ -156,6 +157,23 @@ def find(settings: Settings) -> Snapshot | None:
                          detail=str(path), hint="take a new one with `migrate snapshot`")
     doc["directory"] = str(path.parent)
     return Snapshot(**doc)
+
+
+def promote(settings: Settings, name: str) -> Snapshot:
+    """WORK_DIR/<name> becomes WORK_DIR/snapshot (the one before is removed): after a catch-up, the snapshot the
+    target now holds. Idempotent: nothing to do when <name> is already gone."""
+    work = settings.work_dir
+    with _work_lock(work):
+        if (work / name / MANIFEST).exists():
+            old = work / f".{SNAPSHOT_DIR}.promoted.tmp"
+            shutil.rmtree(old, ignore_errors=True)
+            if (work / SNAPSHOT_DIR).exists():
+                os.replace(work / SNAPSHOT_DIR, old)
+            os.replace(work / name, work / SNAPSHOT_DIR)
+            shutil.rmtree(old, ignore_errors=True)
+    found = find(settings)
+    assert found is not None
+    return found
 
 
 def load_or_take(settings: Settings) -> Snapshot:

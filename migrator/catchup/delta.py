@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from migrator.catalog.schema import qi
 from migrator.convert.keys import dumps
 from migrator.plan.model import TablePlan
+from migrator.sources.sqlite import lenient_text
 
 
 @dataclass
@@ -82,8 +83,12 @@ def _rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], order: S
     cols = ", ".join(qi(c) for c in columns)
     sql = (f"SELECT rowid, {cols} FROM {qi(table)} ORDER BY "
            + ", ".join(f"{qi(c)} COLLATE BINARY" for c in order) + ", rowid")
-    for row in conn.execute(sql):
-        yield row[0], tuple(row[1:])
+    conn.text_factory = lenient_text  # invalid UTF-8 compares as its escaped bytes, as the load reads it
+    try:
+        for row in conn.execute(sql):
+            yield row[0], tuple(row[1:])
+    finally:
+        conn.text_factory = str
 
 
 _CLASS = {type(None): 0, int: 1, float: 1, str: 2, bytes: 3}

@@ -41,7 +41,7 @@ class BatchWriter:
         batch = Converted(conv.rows, conv.keys, conv.raws, list(conv.quarantine), list(conv.fixups))
         async with self.conn.transaction():
             if batch.rows:
-                batch = await self._orphans(batch)
+                batch = await self.orphans(batch)
             if batch.rows:
                 await self._copy(batch, batch)
             gone = {q[0] for q in batch.quarantine}  # a quarantined row keeps its original values: no fixups for it
@@ -51,7 +51,7 @@ class BatchWriter:
                                       nbytes=item.nbytes, quarantine=batch.quarantine,
                                       fixups=[f for f in batch.fixups if f[0] not in gone])
 
-    async def _orphans(self, batch: Converted) -> Converted:
+    async def orphans(self, batch: Converted) -> Converted:
         """Rows whose parent is not in the target: quarantined, or the reference set NULL (ON DELETE SET NULL)."""
         for fk in self.table.fks:
             if fk["column"] in self.columns and batch.rows:
@@ -101,10 +101,10 @@ class BatchWriter:
                                      hint="use --orphans=quarantine to keep such rows aside, or delete them in HridaAI")
             else:
                 kept.quarantine.append((key, f"orphan: {fk['column']} -> {fk['ref_table']}.{fk['ref_column']} "
-                                             f"{value!r} does not exist", "orphan", fk["column"], self._row_json(raw)))
+                                             f"{value!r} does not exist", "orphan", fk["column"], self.row_json(raw)))
         return kept
 
-    def _row_json(self, raw: tuple) -> str:
+    def row_json(self, raw: tuple) -> str:
         return (self.strict or TableConverter(self.table, self.ctx.plan.policies)).row_json(raw)
 
     async def _copy(self, part: Converted, batch: Converted) -> None:
@@ -139,7 +139,7 @@ class BatchWriter:
             batch.quarantine.extend(strict.quarantine)
             return
         batch.quarantine.append((key, f"rejected by PostgreSQL: {exc.__class__.__name__}: {exc}"[:500],
-                                 "server_reject", None, self._row_json(raw)))
+                                 "server_reject", None, self.row_json(raw)))
 
 
 def _whole_table_quarantine(table: TablePlan, raws: list[tuple]) -> Converted:

@@ -205,6 +205,23 @@ class Rows(list):
     lenient: bool = False
 
 
+def rows_by_rowid(conn: sqlite3.Connection, table: str, cols: list[str], rowids: list[int]) -> Rows:
+    """Raw rows (rowid, *values of cols) of `rowids`, in rowid order; text decoded leniently (see read_batch)."""
+    out = Rows()
+    out.lenient = True
+    names = ", ".join(qi(c) for c in cols)
+    ordered = sorted(rowids)
+    conn.text_factory = lenient_text
+    try:
+        for i in range(0, len(ordered), 900):
+            part = ordered[i:i + 900]
+            out += conn.execute(f"SELECT rowid, {names} FROM {qi(table)} WHERE rowid IN "
+                                f"({','.join('?' * len(part))}) ORDER BY rowid", part).fetchall()
+    finally:
+        conn.text_factory = str
+    return out
+
+
 def read_batch(conn: sqlite3.Connection, table: str, cols: list[str], *, after: int, max_rows: int,
                max_bytes: int | None = None, until: int = LAST, with_size: bool = True) -> tuple[Rows, int]:
     """Rows with after < rowid <= until, in rowid order, up to max_rows rows or max_bytes bytes (at least one row).

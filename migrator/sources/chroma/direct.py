@@ -137,8 +137,11 @@ class DirectStore:
             return None
 
     def close(self) -> None:
-        """Close the SQLite connection."""
-        self._conn.close()
+        """Close the SQLite connection, once no reader is using it: a reader's thread may still be reading a batch
+        when its run is cancelled (closing a connection another thread is using crashes the process); a read after
+        this raises sqlite3.ProgrammingError instead."""
+        with self.lock:
+            self._conn.close()
 
 
 def _one(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
