@@ -214,6 +214,21 @@ async def replace_row_records(conn: asyncpg.Connection, table: str, keys: list[s
     await _row_records(conn, table, 0, quarantine, fixups)
 
 
+async def forget_unit_records(conn: asyncpg.Connection, unit: str, keys: list[str] | None = None) -> None:
+    """Remove the quarantine rows and fixups of `unit` (only of `keys` when given): their rows are gone or
+    rewritten."""
+    for what in ("quarantine", "fixup"):
+        if keys is None:
+            await conn.execute(f"DELETE FROM {SCHEMA}.{what} WHERE unit = $1", unit)
+        else:
+            await conn.execute(f"DELETE FROM {SCHEMA}.{what} WHERE unit = $1 AND key = ANY($2::text[])", unit, keys)
+
+
+async def record_unit_rows(conn: asyncpg.Connection, unit: str, quarantine: list[tuple], fixups: list[tuple]) -> None:
+    """Quarantine rows and fixups of `unit` written outside its batches (a catch-up's, batch 0)."""
+    await _row_records(conn, unit, 0, quarantine, fixups)
+
+
 async def move_run(conn: asyncpg.Connection, run_id: str, snapshot_id: str) -> None:
     """The run's target now holds `snapshot_id` (a catch-up's last commit)."""
     await conn.execute(f"UPDATE {SCHEMA}.run SET snapshot_id = $2, finished_at = now() WHERE run_id = $1",

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 from conftest import MIGRATE, ROOT, SMALL, query, run_cli
@@ -70,6 +71,47 @@ def test_catch_up_writes_what_changed_and_verify_is_clean(tmp_path, target_url):
     assert verify.returncode == 0, verify.stdout[-3000:]
     again = run_cli("catch-up", *common, "--json")  # nothing changed since: nothing written
     assert again.returncode == 0 and not any(any(t.values()) for t in json.loads(again.stdout)["tables"].values())
+
+
+_CHROMA_CHANGES = """
+import sys, numpy as np, chromadb
+from chromadb.config import Settings
+client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
+rng = np.random.default_rng(5)
+names = sorted(c.name for c in client.list_collections())
+files = [n for n in names if n.startswith("file-")]
+memories = [n for n in names if n.startswith("user-memory-")]
+dim = len(client.get_collection(files[0], embedding_function=None).get(limit=1, include=["embeddings"])["embeddings"][0])
+client.delete_collection(files[0])  # HridaAI deletes a file's collection with the file
+client.create_collection("file-uploaded-later", metadata={"hnsw:space": "cosine"}, embedding_function=None).add(
+    ids=["later-0", "later-1", "later-2"], embeddings=rng.standard_normal((3, dim)).astype(np.float32),
+    documents=["a", "b", "c"], metadatas=[{"source": "later.pdf", "start_index": i} for i in range(3)])
+memory = client.get_collection(memories[0], embedding_function=None)
+memory.upsert(ids=["new-memory"], embeddings=rng.standard_normal((1, dim)).astype(np.float32),
+              documents=["likes tea"], metadatas=[{"created_at": 1, "updated_at": 1}])
+some = client.get_collection(files[1], embedding_function=None)
+first = some.get(limit=2)["ids"]
+some.delete(ids=first[:1])
+some.update(ids=first[1:], embeddings=rng.standard_normal((1, dim)).astype(np.float32))
+print(files[0], files[1], memories[0])
+"""
+
+
+def test_catch_up_carries_the_chroma_store_changes(tmp_path, target_url):
+    data, common = _installed(tmp_path, target_url)
+    changed = subprocess.run([sys.executable, "-c", _CHROMA_CHANGES, str(data / "vector_db")], check=True,
+                             capture_output=True, text=True, timeout=120).stdout.split()
+    gone, edited, memory = changed
+    out = run_cli("catch-up", *common, "--json")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    v = json.loads(out.stdout)["vectors"]
+    assert v["added"] == ["file-uploaded-later"] and v["removed"] == [gone]
+    assert v["upserted"] == 3 + 1 + 1 and v["untouched"] > 0  # the new file, the memory, the edited chunk
+    assert query(target_url, "SELECT count(*) FROM document_chunk WHERE collection_name = $1", gone)[0][0] == 0
+    assert query(target_url, "SELECT count(*) FROM document_chunk WHERE id = 'new-memory' AND collection_name = $1",
+                 memory)[0][0] == 1
+    verify = run_cli("verify", *common)
+    assert verify.returncode == 0, verify.stdout[-3000:]
 
 
 def test_catch_up_killed_between_steps_then_again_is_exactly_once(tmp_path, target_url):

@@ -27,6 +27,7 @@ import asyncpg
 
 from migrator import ledger
 from migrator.catalog import schema as cat
+from migrator.catchup import vectors as catchup_vectors
 from migrator.catchup.delta import TableDelta, table_delta
 from migrator.context import RunContext
 from migrator.convert.table import Converted, TableConverter
@@ -35,7 +36,7 @@ from migrator.load.write import REJECTED_BY_SERVER, BatchWriter
 from migrator.plan.model import TablePlan
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
-from migrator.sources.chroma import collections as chroma_catalog, direct as chroma_direct
+from migrator.sources.chroma import direct as chroma_direct
 from migrator.targets import postgres as pgt
 
 PREFIX = "catchup:"
@@ -48,6 +49,7 @@ class CatchUpReport:
     from_snapshot: str
     to_snapshot: str
     tables: dict[str, dict] = field(default_factory=dict)
+    vectors: dict = field(default_factory=dict)
     note: str = ""
 
     def asdict(self) -> dict:
@@ -59,6 +61,11 @@ class CatchUpReport:
         lines = [f"catch-up {self.from_snapshot} -> {self.to_snapshot}: {self.note}"]
         lines += [f"  {name:<28} +{t['inserted']} ~{t['updated']} -{t['deleted']} (quarantined {t['quarantined']})"
                   for name, t in sorted(self.tables.items()) if any(t.values())]
+        v = self.vectors
+        if v:
+            lines.append(f"  vectors: collections +{len(v['added'])} -{len(v['removed'])}, {v['upserted']} chunks "
+                         f"written, {v['deleted']} removed, {v['quarantined']} quarantined; "
+                         f"{v['untouched']} collections not written in between (not read)")
         return "\n".join(lines)
 
 
@@ -96,6 +103,7 @@ async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
             report.tables[t.name] = {"inserted": len(d.inserted), "updated": len(d.updated),
                                      "deleted": len(d.deleted), "quarantined": (counts or {}).get("quarantined", 0)}
         changed = [t for t in tables if deltas[t.name].changes]
+        report.vectors = await catchup_vectors.apply(ctx, old, policies)
         await _finish(conn, plan.schema, changed, run["run_id"], new)
         report.note = f"{sum(deltas[t.name].changes for t in tables)} rows changed in {len(changed)} tables"
         return report
@@ -204,25 +212,22 @@ def _refuse_what_it_cannot_apply(old: Snapshot, new: Snapshot, tables: list[Tabl
                                   "into an empty target")
     changed = _vector_changes(old, new)
     if changed:
-        raise PreflightError(f"the Chroma store changed since the target was loaded: {changed}",
-                             hint="this version's catch-up carries the tables only: migrate again into an empty "
-                                  "target")
+        raise PreflightError(f"the Chroma store changed in a way catch-up cannot follow: {changed}",
+                             hint="migrate again into an empty target")
 
 
 def _vector_changes(old: Snapshot, new: Snapshot) -> str:
-    """What changed in the Chroma store ('' for nothing): collections added, removed or written in between."""
-    if old.vector_path is None and new.vector_path is None:
-        return ""
-    if old.vector_path is None or new.vector_path is None:
+    """Why the Chroma store's changes cannot be carried ('' when they can, or when there are none): a store that
+    appeared or disappeared, or one the direct reader does not know (then only an unchanged one passes)."""
+    if (old.vector_path is None) != (new.vector_path is None):
         return "a vector store appeared or disappeared"
+    if old.vector_path is None:
+        return ""
     a, b = chroma_direct.open_store(old.vector_path), chroma_direct.open_store(new.vector_path)
     try:
         if a is None or b is None:
-            same = _files(old) == _files(new)
-            return "" if same else "its files differ (a layout the direct reader does not know)"
-        before, after = chroma_catalog.versions(a), chroma_catalog.versions(b)
-        written = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
-        return ", ".join(written[:10]) + (f" (+{len(written) - 10})" if len(written) > 10 else "")
+            return "" if _files(old) == _files(new) else "its files differ, in a layout the direct reader does not know"
+        return ""
     finally:
         for store in (a, b):
             if store is not None:

@@ -231,8 +231,8 @@ async def _copy_group(ctx: RunContext, conn: asyncpg.Connection, source, group: 
                 chunks = [c for b in batches for c in b.chunks]
             finally:
                 batches.close()
-            out.append((info, len(chunks), _convert(info.name, chunks, ctx.plan.vectors.collisions.get(info.name, {}),
-                                                     spec, ctx.plan.policies)))
+            collisions = ctx.plan.vectors.collisions.get(info.name, {})
+            out.append((info, len(chunks), convert_chunks(info.name, chunks, collisions, spec, ctx.plan.policies)))
         return out
 
     read = await asyncio.to_thread(produce)
@@ -265,7 +265,9 @@ async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, in
 
     def produce():
         batch = next(batches, None)
-        return None if batch is None else (batch, _convert(name, batch.chunks, collisions, spec, ctx.plan.policies))
+        if batch is None:
+            return None
+        return batch, convert_chunks(name, batch.chunks, collisions, spec, ctx.plan.policies)
 
     pending = asyncio.ensure_future(asyncio.to_thread(produce))
     try:
@@ -290,7 +292,7 @@ async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, in
     ctx.progress.event("vectors", unit=unit, read_by=source.read_by.get(name, "chromadb"))
 
 
-def _convert(name: str, chunks, collisions: dict, spec, actions: dict[str, str]) -> tuple[list, list, list]:
+def convert_chunks(name: str, chunks, collisions: dict, spec, actions: dict[str, str]) -> tuple[list, list, list]:
     """COPY records (vectors encoded per batch), quarantine rows and fixups of one batch; text and metadata
     converted under the run's policies (`actions`: plan.policies)."""
     conv = ChunkConverter(actions)
