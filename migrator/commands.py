@@ -188,9 +188,43 @@ async def _status(settings: Settings) -> dict:
             units.append({"unit": u["unit"], "kind": u["kind"], "done_rows": (p.rows + p.quarantined) if p else 0,
                           "total_rows": u["total_rows"], "done": u["done"],
                           "last_batch_at": p.last_commit.isoformat() if p and p.last_commit else None})
-        return {"run": {k: str(v) for k, v in run.items()}, "units": units, "steps": await ledger.steps(conn)}
+        steps = await ledger.steps(conn)
+        return {"run": {k: str(v) for k, v in run.items()}, "phase": _phase(run, steps), "units": units,
+                "steps": {k: v for k, v in steps.items() if not k.startswith("catchup:")}}
     finally:
         await conn.close()
+
+
+def _phase(run: dict, steps: dict[str, str]) -> dict:
+    """Where the target is: loading, loaded, or caught up (and what the last catch-up changed), or a catch-up under
+    way (its steps so far)."""
+    snapshots: dict[str, list[str]] = {}
+    for name in steps:
+        if name.startswith("catchup:"):
+            snapshots.setdefault(name.split(":")[1], []).append(name)
+    holds = run["snapshot_id"]
+    under_way = sorted(sid for sid, names in snapshots.items() if f"catchup:{sid}:done" not in names)
+    if run["state"] != "done":
+        phase = {"phase": "loading", "snapshot": holds}
+    elif holds in snapshots:
+        phase = {"phase": "caught up", "snapshot": holds, "catch_ups": len(snapshots) - len(under_way),
+                 "last_catch_up": _totals(steps, snapshots[holds])}
+    else:
+        phase = {"phase": "loaded", "snapshot": holds}
+    if under_way:
+        phase["catch_up_under_way"] = {sid: _totals(steps, snapshots[sid]) for sid in under_way}
+    return phase
+
+
+def _totals(steps: dict[str, str], names: list[str]) -> dict:
+    """Rows and chunks a catch-up's committed steps wrote, removed and quarantined."""
+    out = {"steps": len(names), "written": 0, "deleted": 0, "quarantined": 0}
+    for name in names:
+        detail = json.loads(steps[name]) if steps[name] else {}
+        out["written"] += detail.get("written", 0)
+        out["deleted"] += detail.get("deleted", 0)
+        out["quarantined"] += detail.get("quarantined", 0)
+    return out
 
 
 async def _capture(url: str, schema: str):

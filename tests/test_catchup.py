@@ -69,6 +69,11 @@ def test_catch_up_writes_what_changed_and_verify_is_clean(tmp_path, target_url):
                  '["orphan-message"]')[0][0] == 0
     verify = run_cli("verify", *common)
     assert verify.returncode == 0, verify.stdout[-3000:]
+    status = json.loads(run_cli("status", *common, "--json").stdout)
+    phase = status["phase"]
+    assert phase["phase"] == "caught up" and phase["snapshot"] == report["to_snapshot"] and phase["catch_ups"] == 1
+    assert phase["last_catch_up"]["written"] >= 3 and phase["last_catch_up"]["deleted"] >= 1
+    assert not any(name.startswith("catchup:") for name in status["steps"])
     again = run_cli("catch-up", *common, "--json")  # nothing changed since: nothing written
     assert again.returncode == 0 and not any(any(t.values()) for t in json.loads(again.stdout)["tables"].values())
 
@@ -81,7 +86,8 @@ rng = np.random.default_rng(5)
 names = sorted(c.name for c in client.list_collections())
 files = [n for n in names if n.startswith("file-")]
 memories = [n for n in names if n.startswith("user-memory-")]
-dim = len(client.get_collection(files[0], embedding_function=None).get(limit=1, include=["embeddings"])["embeddings"][0])
+one = client.get_collection(files[0], embedding_function=None).get(limit=1, include=["embeddings"])
+dim = len(one["embeddings"][0])
 client.delete_collection(files[0])  # HridaAI deletes a file's collection with the file
 client.create_collection("file-uploaded-later", metadata={"hnsw:space": "cosine"}, embedding_function=None).add(
     ids=["later-0", "later-1", "later-2"], embeddings=rng.standard_normal((3, dim)).astype(np.float32),
@@ -132,6 +138,8 @@ def test_catch_up_killed_between_steps_then_again_is_exactly_once(tmp_path, targ
     steps = query(target_url, "SELECT count(*) FROM hridaai_migrate.step WHERE name LIKE 'catchup:%' "
                               "AND detail IS NOT NULL")[0][0]
     assert steps == 1  # one step that wrote rows committed (with its rows), the next ones not
+    phase = json.loads(run_cli("status", *common, "--json").stdout)["phase"]
+    assert phase["phase"] == "loaded" and list(phase["catch_up_under_way"].values())[0]["steps"] >= 1
     again = run_cli("catch-up", *common)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     verify = run_cli("verify", *common)

@@ -4,5 +4,6 @@ install, writing only what changed. `delta.py` finds what changed in each table 
 
 May import: migrator.plan.model, migrator.convert, migrator.sources, migrator.catalog, migrator.targets,
 migrator.ledger, migrator.context, migrator.snapshot, migrator.errors, migrator.load.write and migrator.vectors.load
-(the load's own rules for rows and chunks: orphans, quarantine, fixups, collisions). Never verify: a catch-up is proven by `migrate verify` against the new snapshot.
+(the load's own rules for rows and chunks: orphans, quarantine, fixups, collisions). Never verify: a catch-up is
+proven by `migrate verify` against the new snapshot.
 """

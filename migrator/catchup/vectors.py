@@ -61,12 +61,14 @@ async def _apply(ctx: RunContext, conn: asyncpg.Connection, store: chroma_direct
     out = {"added": delta.added, "removed": delta.removed, "untouched": len(delta.untouched), "upserted": 0,
            "deleted": 0, "quarantined": 0}
     for name in delta.removed:
-        out["deleted"] += await _step(conn, f"{PREFIX}{sid}:vector-drop:{name}", sid,
-                                      lambda name=name: _drop_collection(conn, name)) or 0
+        done = await _step(conn, f"{PREFIX}{sid}:vector-drop:{name}", sid,
+                           lambda name=name: _drop_collection(conn, name))
+        out["deleted"] += (done or {}).get("deleted", 0)
     for c in delta.changed:
         ids = c.removed + c.upserted
-        out["deleted"] += await _step(conn, f"{PREFIX}{sid}:vector-remove:{c.name}", sid,
-                                      lambda c=c, ids=ids: _remove_chunks(conn, c.name, ids)) or 0
+        done = await _step(conn, f"{PREFIX}{sid}:vector-remove:{c.name}", sid,
+                           lambda c=c, ids=ids: _remove_chunks(conn, c.name, ids))
+        out["deleted"] += (done or {}).get("deleted", 0)
     writes = [(c.name, set(c.upserted)) for c in delta.changed] + [(name, None) for name in delta.added]
     for name, wanted in writes:
         done = await _step(conn, f"{PREFIX}{sid}:vector-write:{name}", sid,
@@ -86,21 +88,21 @@ async def _step(conn: asyncpg.Connection, name: str, snapshot_id: str, work):
     return result
 
 
-async def _drop_collection(conn: asyncpg.Connection, name: str) -> int:
+async def _drop_collection(conn: asyncpg.Connection, name: str) -> dict:
     """A collection HridaAI deleted (or deleted and made again): its chunks and its ledger records."""
     status = await conn.execute(f"DELETE FROM {pgv.TABLE} WHERE collection_name = $1", name)
     await ledger.forget_unit_records(conn, unit_of(name))
-    return int(status.split()[-1])
+    return {"deleted": int(status.split()[-1])}
 
 
-async def _remove_chunks(conn: asyncpg.Connection, name: str, ids: list[str]) -> int:
+async def _remove_chunks(conn: asyncpg.Connection, name: str, ids: list[str]) -> dict:
     """Chunks removed from a collection or about to be written again, with their ledger records."""
     if not ids:
-        return 0
+        return {"deleted": 0}
     status = await conn.execute(f"DELETE FROM {pgv.TABLE} WHERE collection_name = $1 AND id = ANY($2::text[])",
                                 name, ids)
     await ledger.forget_unit_records(conn, unit_of(name), [ledger.dumps([i]) for i in ids])
-    return int(status.split()[-1])
+    return {"deleted": int(status.split()[-1])}
 
 
 async def _write_chunks(ctx: RunContext, conn: asyncpg.Connection, store: chroma_direct.DirectStore, name: str,
