@@ -97,17 +97,9 @@ async def copy_once(dsn: str, table: str, names: list[str], batches, connections
     finally:
         await admin.close()
     cons = [await _connect(dsn, lz4) for _ in range(connections)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for b in batches:
-        queue.put_nowait(b)
-
-    async def worker(con):
-        while not queue.empty():
-            await con.copy_records_to_table(table, records=queue.get_nowait(), columns=names)
-
     try:
         busy0, own0, t0 = cpu.busy_core_s(), cpu.own_core_s(), time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in cons))
+        await pgutil.copy_batches(cons, table, names, batches)
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "busy_core_s": cpu.delta(busy0, cpu.busy_core_s()),
                 "client_core_s": cpu.own_core_s() - own0}

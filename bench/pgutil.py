@@ -1,6 +1,7 @@
 """PostgreSQL helpers for the benchmark: embedded server, per-run databases, baseline DDL."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 from pathlib import Path
@@ -107,3 +108,17 @@ async def reset_tables(con, tables=BENCH_TABLES) -> None:
     for t in tables:
         await con.execute(f"DROP TABLE IF EXISTS {t}")
         await con.execute(TARGET_DDL[t])
+
+
+async def copy_batches(cons: list, table: str, columns: list[str], batches) -> None:
+    """COPY every batch (a list of records) into ``table`` over the connections ``cons``, each taking the next batch
+    until none is left (the caller times it, and opens and closes the connections)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+
+    async def worker(con):
+        while not queue.empty():
+            await con.copy_records_to_table(table, records=queue.get_nowait(), columns=columns)
+
+    await asyncio.gather(*(worker(c) for c in cons))

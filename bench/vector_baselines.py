@@ -24,6 +24,8 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
+from bench import pgutil
+
 PAGE = 1000  # = migrator.vectors_load.BATCH
 
 
@@ -124,17 +126,9 @@ async def copy_once(dsn: str, batches: list, connections: int, dimension: int, l
 
     await reset_table(dsn, dimension, indexes)
     cons = [await _connect(dsn, lz4) for _ in range(connections)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for b in batches:
-        queue.put_nowait(b)
-
-    async def worker(con):
-        while not queue.empty():
-            await con.copy_records_to_table(pgv.TABLE, records=queue.get_nowait(), columns=list(pgv.COLUMNS))
-
     try:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in cons))
+        await pgutil.copy_batches(cons, pgv.TABLE, list(pgv.COLUMNS), batches)
         return time.perf_counter() - t0
     finally:
         for c in cons:
@@ -218,17 +212,9 @@ async def copy_and_index_once(dsn: str, batches: list, connections: int, dimensi
 
     await reset_table(dsn, dimension, indexes=False)
     cons = [await _connect_encoded(dsn, lz4) for _ in range(connections)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for b in batches:
-        queue.put_nowait(b)
-
-    async def worker(con):
-        while not queue.empty():
-            await con.copy_records_to_table(pgv.TABLE, records=queue.get_nowait(), columns=list(pgv.COLUMNS))
-
     try:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in cons))
+        await pgutil.copy_batches(cons, pgv.TABLE, list(pgv.COLUMNS), batches)
         t_copy = time.perf_counter()
     finally:
         for c in cons:

@@ -9,7 +9,7 @@ dict lookup per event.
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
 groups have not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
-catch-up (a step, deletes or upserts of one table, has just committed).
+catch-up (a step, the removals or writes of one table or collection, has just committed).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ install, writing only what changed. `delta.py` finds what changed in each table 
 `vector_delta.py` the same for the Chroma store; `run.py` is `migrate catch-up`, `vectors.py` its vector part.
 
 May import: migrator.plan.model, migrator.convert, migrator.sources, migrator.catalog, migrator.targets,
-migrator.ledger, migrator.context, migrator.snapshot, migrator.errors, migrator.load.write and migrator.vectors.load
-(the load's own rules for rows and chunks: orphans, quarantine, fixups, collisions). Never verify: a catch-up is
-proven by `migrate verify` against the new snapshot.
+migrator.ledger, migrator.context, migrator.progress, migrator.snapshot, migrator.errors, migrator.load.write and
+migrator.vectors.load (the load's own rules for rows and chunks: orphans, quarantine, fixups, collisions). Never
+verify: a catch-up is proven by `migrate verify` against the new snapshot. `steps.py`: each step committed once.
 """

@@ -27,7 +27,7 @@ import asyncpg
 
 from migrator import ledger
 from migrator.catalog import schema as cat
-from migrator.catchup import vectors as catchup_vectors
+from migrator.catchup import steps as steps_mod, vectors as catchup_vectors
 from migrator.catchup.delta import TableDelta, table_delta
 from migrator.context import RunContext
 from migrator.convert.table import Converted, TableConverter
@@ -87,18 +87,19 @@ async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
         tables = sorted((t for t in plan.tables if t.action == "load"), key=lambda t: (t.order, t.name))
         deltas = await asyncio.to_thread(_deltas, old, new, tables)
         _refuse_what_it_cannot_apply(old, new, tables, deltas)
+        quarantined = {t.name: await ledger.quarantine_keys(conn, t.name) for t in tables}
         for t in tables:  # rows quarantined before: decided again (a parent may have arrived, a value been fixed)
-            await asyncio.to_thread(_recheck_quarantined, new, t, deltas[t.name],
-                                    await ledger.quarantine_keys(conn, t.name))
+            await asyncio.to_thread(_recheck_quarantined, new, t, deltas[t.name], quarantined[t.name])
         if not started:
-            await _refuse_foreign_writes(conn, plan.schema, old, tables)
+            await _refuse_foreign_writes(conn, plan.schema, old, tables, quarantined)
+        done = steps_mod.Steps(conn, new.snapshot_id, set(steps), ctx.progress)
         for t in reversed(tables):
-            await _step(ctx, conn, f"{PREFIX}{new.snapshot_id}:delete:{t.name}",
-                        lambda t=t: _delete(conn, plan.schema, t, deltas[t.name].deleted))
+            await done.run(f"{PREFIX}{new.snapshot_id}:delete:{t.name}",
+                           lambda t=t: _delete(conn, plan.schema, t, deltas[t.name].deleted))
         for t in tables:
             writer = BatchWriter(ctx, conn, t, t.name)
-            counts = await _step(ctx, conn, f"{PREFIX}{new.snapshot_id}:upsert:{t.name}",
-                                 lambda t=t, w=writer: _upsert(conn, w, t, deltas[t.name], new, policies))
+            counts = await done.run(f"{PREFIX}{new.snapshot_id}:upsert:{t.name}",
+                                    lambda t=t, w=writer: _upsert(conn, w, t, deltas[t.name], new, policies))
             d = deltas[t.name]
             report.tables[t.name] = {"inserted": len(d.inserted), "updated": len(d.updated),
                                      "deleted": len(d.deleted), "quarantined": (counts or {}).get("quarantined", 0)}
@@ -238,29 +239,17 @@ def _files(s: Snapshot) -> list:
     return sorted((f["path"], f.get("sha256")) for f in s.files if f["path"].startswith("vector_db/"))
 
 
-async def _refuse_foreign_writes(conn: asyncpg.Connection, schema: str, old: Snapshot,
-                                 tables: list[TablePlan]) -> None:
+async def _refuse_foreign_writes(conn: asyncpg.Connection, schema: str, old: Snapshot, tables: list[TablePlan],
+                                 quarantined: dict[str, set[str]]) -> None:
     """Each table holds what the ledger left: S1's rows but the quarantined ones. HridaAI started on the target too
     early writes rows the ledger did not."""
     for t in tables:
-        want = old.row_counts.get(t.name, 0) - len(await ledger.quarantine_keys(conn, t.name))
+        want = old.row_counts.get(t.name, 0) - len(quarantined[t.name])
         have = await conn.fetchval(f"SELECT count(*) FROM {cat.qi(schema)}.{cat.qi(t.name)}")
         if have != want:
             raise PreflightError(f"the target was written since it was loaded: {t.name} has {have} rows, the "
                                  f"migration left {want}", hint="was HridaAI started on the target before the "
                                  "catch-up? Stop it; migrate again into an empty target")
-
-
-async def _step(ctx: RunContext, conn: asyncpg.Connection, name: str, work):
-    """`work` and its ledger step in one transaction, unless the step is already recorded."""
-    if name in await ledger.steps(conn):
-        return None
-    async with conn.transaction():
-        out = await work()
-        await ledger.step_done(conn, name, ctx.snapshot.snapshot_id, json.dumps(out) if out else None)
-    if out:
-        ctx.progress.event("catch-up", step=name, **out)
-    return out
 
 
 async def _delete(conn: asyncpg.Connection, schema: str, t: TablePlan, keys: list[str]) -> dict | None:

@@ -11,12 +11,11 @@ snapshot, quarantine under `vector:<name>`).
 from __future__ import annotations
 
 import asyncio
-import json
 
 import asyncpg
 
 from migrator import ledger
-from migrator.catchup import vector_delta
+from migrator.catchup import steps as steps_mod, vector_delta
 from migrator.context import RunContext
 from migrator.errors import PreflightError
 from migrator.snapshot import Snapshot
@@ -58,34 +57,26 @@ async def apply(ctx: RunContext, old: Snapshot, policies: dict) -> dict:
 async def _apply(ctx: RunContext, conn: asyncpg.Connection, store: chroma_direct.DirectStore,
                  delta: vector_delta.StoreDelta, policies: dict) -> dict:
     sid = ctx.snapshot.snapshot_id
+    done_steps = await steps_mod.Steps.of(conn, sid, ctx.progress)
     out = {"added": delta.added, "removed": delta.removed, "untouched": len(delta.untouched), "upserted": 0,
            "deleted": 0, "quarantined": 0}
     for name in delta.removed:
-        done = await _step(conn, f"{PREFIX}{sid}:vector-drop:{name}", sid,
-                           lambda name=name: _drop_collection(conn, name))
+        done = await done_steps.run(f"{PREFIX}{sid}:vector-drop:{name}", lambda name=name: _drop_collection(conn, name))
         out["deleted"] += (done or {}).get("deleted", 0)
     for c in delta.changed:
         ids = c.removed + c.upserted
-        done = await _step(conn, f"{PREFIX}{sid}:vector-remove:{c.name}", sid,
-                           lambda c=c, ids=ids: _remove_chunks(conn, c.name, ids))
+        done = await done_steps.run(f"{PREFIX}{sid}:vector-remove:{c.name}",
+                                    lambda c=c, ids=ids: _remove_chunks(conn, c.name, ids))
         out["deleted"] += (done or {}).get("deleted", 0)
     writes = [(c.name, set(c.upserted)) for c in delta.changed] + [(name, None) for name in delta.added]
     for name, wanted in writes:
-        done = await _step(conn, f"{PREFIX}{sid}:vector-write:{name}", sid,
-                           lambda name=name, wanted=wanted: _write_chunks(ctx, conn, store, name, wanted, policies))
+        done = await done_steps.run(f"{PREFIX}{sid}:vector-write:{name}",
+                                    lambda name=name, wanted=wanted: _write_chunks(ctx, conn, store, name, wanted,
+                                                                                   policies))
         if done:
             out["upserted"] += done["written"]
             out["quarantined"] += done["quarantined"]
     return out
-
-
-async def _step(conn: asyncpg.Connection, name: str, snapshot_id: str, work):
-    if name in await ledger.steps(conn):
-        return None
-    async with conn.transaction():
-        result = await work()
-        await ledger.step_done(conn, name, snapshot_id, json.dumps(result))
-    return result
 
 
 async def _drop_collection(conn: asyncpg.Connection, name: str) -> dict:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -51,7 +50,6 @@ _TABLES = ("collections", "collection_metadata", "segments", "segment_metadata",
 _METADATA_SEGMENT = "urn:chroma:segment/metadata/sqlite"
 _VECTOR_SEGMENT = "urn:chroma:segment/vector/hnsw-local-persisted"
 _DOC_KEY = "chroma:document"
-_TOPIC = re.compile(r"persistent://[^/]+/[^/]+/([0-9a-f-]{36})")
 _SPACES = ("cosine", "l2", "ip")
 _SQL_VARS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999  # host parameter limit
 
@@ -73,7 +71,7 @@ def _store_problem(conn: sqlite3.Connection) -> str | None:
     if not types <= {_METADATA_SEGMENT, _VECTOR_SEGMENT}:
         return f"unknown segment types {sorted(types - {_METADATA_SEGMENT, _VECTOR_SEGMENT})}"
     bad = [t for (t,) in conn.execute("SELECT DISTINCT topic FROM embeddings_queue")
-           if not _TOPIC.fullmatch(t)]
+           if not queue_mod.TOPIC.fullmatch(t)]
     return f"unknown queue topics {bad[:3]}" if bad else None
 
 

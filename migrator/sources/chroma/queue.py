@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 ADD, UPDATE, UPSERT, DELETE, BACKFILL_FN = 0, 1, 2, 3, 4
-_TOPIC = re.compile(r"persistent://[^/]+/[^/]+/([0-9a-f-]{36})")
+TOPIC = re.compile(r"persistent://[^/]+/[^/]+/([0-9a-f-]{36})")  # a queue row's topic: its collection id
 _IN = 900  # seq_ids per IN (...): under SQLite's oldest host parameter limit
 _EPS = np.float32(1e-30)
 
@@ -42,7 +42,7 @@ class QueueIndex:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._seqs: dict[str, array] = {}
         for topic, seq in conn.execute("SELECT topic, seq_id FROM embeddings_queue ORDER BY seq_id"):
-            m = _TOPIC.fullmatch(topic)
+            m = TOPIC.fullmatch(topic)
             if m is None:
                 raise QueueRefused(f"unknown queue topic {topic!r}")
             found = self._seqs.get(m.group(1))
