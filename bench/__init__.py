@@ -4,6 +4,7 @@ Run ``python -m bench --help`` or ``python -m bench.vectors --help``; see bench/
 
 - ``__main__.py``         ``python -m bench``: the relational tables (chat, chat_message, message) against baselines
 - ``vectors.py``          ``python -m bench.vectors``: the Chroma -> pgvector path, read from migrate's events
+- ``window.py``           ``python -m bench.window``: issue 15's catch-up window (bulk run, a change set, catch-up, verify)
 - ``harness.py``          what both share: common options, log, server, timed migrate run/verify, results file
 - ``migrate_runner.py``   a ``migrate`` child process: wall time, peak RSS, CPU, per-table load windows
 - ``cpu.py``              machine-wide busy core-seconds, to split client CPU from the server's

@@ -156,11 +156,10 @@ def prepare_generated(p, dimension: int, page: int = PAGE) -> tuple[list[list[tu
     state), as migrate sends them: (id, pgvector binary of the vector zero-padded to ``dimension``, collection, text,
     vmetadata JSON text), in batches of ``page`` rows that span collections (one COPY per batch, whatever the
     collection). Returns (batches, rows, collections)."""
+    from bench import vector_data
     from migrator.convert import vectors as chunk_values
     from migrator.convert.policies import Context
     from migrator.targets import pgvector as pgv
-
-    from bench import vector_data
 
     plan = vector_data.plan_real(p)
     spec = pgv.VectorTableSpec(dimension=dimension)

@@ -151,6 +151,20 @@ def verify(sample_size: int | None, **kw) -> None:
     _invoke(commands.verify, kw)
 
 
+@main.command()
+@_common
+@click.option("--verify", "verify_only", is_flag=True,
+              help="Read every moved upload back and compare it with its source file; exit 3 on a difference.")
+@click.option("--missing", type=click.Choice(["fail", "report"]), default="fail", show_default=True,
+              help="missing_upload policy: a row whose upload is not under uploads/ stops the command before "
+                   "anything is written, or is listed in the report and keeps its path.")
+@click.option("--upload-workers", type=int, default=8, show_default=True, help="Uploads (and reads back) at once.")
+def files(verify_only: bool, missing: str, upload_workers: int, **kw) -> None:
+    """Move uploads/ to the object store STORAGE_PROVIDER names (S3_* settings, as HridaAI reads them) and rewrite
+    file.path to the URIs HridaAI records; resumable: run it again after an interruption."""
+    _invoke(commands.files, kw, verify_only=verify_only, missing=missing, workers=max(1, upload_workers))
+
+
 @main.command("tune-search")
 @_common
 @click.option("--target-recall", type=float, default=0.95, show_default=True,

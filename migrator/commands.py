@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +111,14 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
 NEXT_SNAPSHOT = "snapshot-next"
 
 
+@contextlib.contextmanager
+def _timed(progress: Progress, name: str):
+    """A `catch-up` progress event with the phase's seconds once it is done (where a catch-up's window goes)."""
+    t0 = time.monotonic()
+    yield
+    progress.event("catch-up", phase=name, seconds=round(time.monotonic() - t0, 3))
+
+
 def catch_up(settings: Settings) -> Outcome:
     """`migrate catch-up`: a new snapshot, and the target brought from the work dir's snapshot to it, writing only
     what changed; exactly once and resumable (an interrupted catch-up continues with the snapshot it took)."""
@@ -119,15 +129,51 @@ def catch_up(settings: Settings) -> Outcome:
     if old is None:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="catch-up continues a finished `migrate run`: pass its --work-dir")
-    new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT)
-    p = asyncio.run(plan_stage.build(settings, new, scan=False))
     progress = choose(settings.log_format)
     try:
+        with _timed(progress, "snapshot"):
+            new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT)
+        with _timed(progress, "plan"):
+            p = asyncio.run(plan_stage.build(settings, new, scan=False))
         report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old))
+        with _timed(progress, "promote"):
+            snap.promote(settings, NEXT_SNAPSHOT)
     finally:
         progress.close()
-    snap.promote(settings, NEXT_SNAPSHOT)
     _save_report(settings, "catch-up.json", report.asdict())
+    return Outcome(report, notes)
+
+
+def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail", workers: int = 8) -> Outcome:
+    """`migrate files`: uploads to the object store HridaAI's STORAGE_PROVIDER names, `file.path` rewritten; with
+    `verify_only`, every moved upload read back and compared (exit 3 on a difference)."""
+    from migrator.files import config as files_config, run as files_run, s3, verify as files_verify
+
+    cfg = files_config.from_env()  # exit 2 before anything else when the storage settings are not usable
+    settings, notes = _target(settings, start=True)
+    s = snap.find(settings)
+    if s is None:
+        raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
+                         hint="`migrate files` follows `migrate run` (or catch-up): pass its --work-dir")
+    p = asyncio.run(plan_stage.build(settings, s, scan=False))
+    store = s3.S3Store(cfg)
+    progress = choose(settings.log_format)
+    try:
+        ctx = RunContext(settings, p, s, progress)
+        if verify_only:
+            report = asyncio.run(files_verify.check(ctx, store, workers=workers))
+        else:
+            report = asyncio.run(files_run.execute(ctx, store, missing=missing, workers=workers))
+    finally:
+        progress.close()
+    _save_report(settings, "files-verify.json" if verify_only else "files.json", report.asdict())
+    if verify_only and not report.ok:
+        exc = VerificationFailed(f"{len(report.problems)} uploads differ from their source files",
+                                 detail="; ".join(report.problems[:10]),
+                                 hint=f"see {settings.work_dir}/reports/files-verify.json; `migrate files` moves "
+                                      "what is missing again")
+        exc.outcome = Outcome(report, notes)
+        raise exc
     return Outcome(report, notes)
 
 

@@ -9,7 +9,9 @@ dict lookup per event.
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
 groups have not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
-catch-up (a step, the removals or writes of one table or collection, has just committed).
+catch-up (a step, the removals or writes of one table or collection, has just committed); and of `migrate files`:
+upload (an object's first part has been sent, the upload is not complete), files (a row's rewrite has just
+committed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import signal
 
 ENV = "HRIDAAI_MIGRATE_STOP_AT"
-POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "catch-up")
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "catch-up", "upload", "files")
 _FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
                    "sequences": "stamp", "alembic": "stamp"}
 _stopped: set[str] = set()
@@ -29,7 +31,11 @@ def point_of(event: dict) -> str | None:
     stage = event.get("stage")
     if stage == "vectors" and "group" in event:
         return "vector-group"
-    if stage in ("snapshot", "plan", "schema", "vectors", "catch-up"):
+    if stage == "files":
+        return "upload" if "uploaded" in event else "files"
+    if stage == "catch-up":  # its committed steps; not the timing of its phases
+        return stage if "step" in event else None
+    if stage in ("snapshot", "plan", "schema", "vectors"):
         return stage
     if stage == "load":
         return "vectors" if str(event.get("unit", "")).startswith("vector:") else "copy"
@@ -45,6 +51,6 @@ def reached(event: dict) -> None:
     if not wanted:
         return
     point = point_of(event)
-    if point in wanted.split(",") and point not in _stopped:
+    if point in wanted.split(",") and point not in _stopped:  # (any thread: SIGSTOP stops the whole process)
         _stopped.add(point)
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -45,6 +45,11 @@ DDL = [
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.fixup (
         unit text NOT NULL, key text NOT NULL, column_name text NOT NULL, policy text NOT NULL, action text NOT NULL,
         original text, batch_no integer NOT NULL)""",
+    # an upload moved to object storage (`migrate files`): the row's path column now holds `uri`, committed with it
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.object (
+        table_name text NOT NULL, key text NOT NULL, column_name text NOT NULL, original text NOT NULL,
+        uri text NOT NULL, size bigint NOT NULL, sha256 text NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (table_name, key, column_name))""",
 ]
 
 
@@ -211,6 +216,8 @@ async def replace_row_records(conn: asyncpg.Connection, table: str, keys: list[s
         for what in ("quarantine", "fixup"):
             await conn.execute(f"DELETE FROM {SCHEMA}.{what} WHERE split_part(unit, $2, 1) = $1 "
                                "AND key = ANY($3::text[])", table, UNIT_SEP, keys)
+        # a rewritten row holds the source's path again (`migrate files` moves it once more)
+        await conn.execute(f"DELETE FROM {SCHEMA}.object WHERE table_name = $1 AND key = ANY($2::text[])", table, keys)
     await _row_records(conn, table, 0, quarantine, fixups)
 
 
@@ -256,6 +263,37 @@ async def set_null_fixups(conn: asyncpg.Connection, table: str) -> dict[str, lis
     for key, column in await conn.fetch(f"SELECT key, column_name FROM {SCHEMA}.fixup WHERE split_part(unit, $2, 1) = $1 "
                                         "AND policy = 'orphan_set_null'", table, UNIT_SEP):
         out.setdefault(key, []).append(column)
+    return out
+
+
+async def record_object(conn: asyncpg.Connection, table: str, key: str, column: str, original: str, uri: str,
+                        size: int, sha256: str) -> None:
+    """The row `key` of `table` now holds `uri` in `column` instead of `original` (in the rewrite's transaction)."""
+    await conn.execute(f"INSERT INTO {SCHEMA}.object (table_name, key, column_name, original, uri, size, sha256) "
+                       "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (table_name, key, column_name) DO UPDATE SET "
+                       "original = EXCLUDED.original, uri = EXCLUDED.uri, size = EXCLUDED.size, "
+                       "sha256 = EXCLUDED.sha256, committed_at = clock_timestamp()",
+                       table, key, column, original, uri, size, sha256)
+
+
+async def objects(conn: asyncpg.Connection, table: str | None = None) -> list[dict]:
+    """Every upload moved to object storage (of `table`), in key order."""
+    if not await exists(conn):
+        return []
+    where, args = ("WHERE table_name = $1", [table]) if table else ("", [])
+    return [dict(r) for r in await conn.fetch(
+        f"SELECT table_name, key, column_name, original, uri, size, sha256 FROM {SCHEMA}.object {where} "
+        "ORDER BY table_name, key", *args)]
+
+
+async def source_overrides(conn: asyncpg.Connection, table: str) -> dict[str, dict[str, Any]]:
+    """key -> {column: the value the target holds instead of the converted source's}: the columns `orphan_set_null`
+    set NULL, and the paths `migrate files` rewrote to object storage URIs."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, columns in (await set_null_fixups(conn, table)).items():
+        out.setdefault(key, {}).update(dict.fromkeys(columns))
+    for o in await objects(conn, table):
+        out.setdefault(o["key"], {})[o["column_name"]] = o["uri"]
     return out
 
 

@@ -89,7 +89,8 @@ def walk(group: click.Group, path: tuple[str, ...] = ()):
 COMMANDS = {" ".join(path): cmd for path, cmd in walk(main)}
 # Which subcommands work on a data dir / work dir / target and so take README's "Common flags"; the others take
 # none. A new subcommand must be put in one of the two (the first test fails until it is).
-TAKES_COMMON = {"snapshot", "plan", "run", "catch-up", "verify", "status", "config", "schema capture", "tune-search"}
+TAKES_COMMON = {"snapshot", "plan", "run", "catch-up", "verify", "status", "config", "schema capture", "tune-search",
+                "files"}
 NO_FLAGS = {"policies", "schema", "schema list"}
 
 

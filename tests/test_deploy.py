@@ -119,6 +119,8 @@ def test_package_builds_from_exactly_the_copied_paths(tmp_path):
         names = z.namelist()
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "migrator/cli.py" in names and any(re.fullmatch(r"migrator/schemas/\w+\.json", n) for n in names)
+    packages = {str(p.relative_to(ROOT)) for p in (ROOT / "migrator").rglob("__init__.py")}
+    assert packages <= set(names), f"packages missing from the wheel: {sorted(packages - set(names))}"
     assert re.search(r"^migrate = migrator\.cli:main$", entry, re.M)
 
 
@@ -280,3 +282,82 @@ def test_runbook_names_real_commands_files_and_exit_codes():
     codes = {int(c) for c in re.findall(r"^\| (\d+)\b", text, re.M)}
     assert codes - {137} == {errors.EXIT_FATAL, errors.EXIT_USAGE, errors.EXIT_DIFFERENCES, errors.EXIT_PREFLIGHT,
                              errors.EXIT_TRANSIENT}
+
+
+# -- Kubernetes, low-downtime cutover: phase 1 overlay and the catch-up Job ---------------------------------------------
+
+TARGET_SECRET = {"secretRef": {"name": "hridaai-migrate-target"}}
+
+
+def _catch_up_job() -> dict:
+    return yaml.safe_load((DEPLOY / "kubernetes" / "catch-up" / "job.yaml").read_text())
+
+
+def _low_downtime() -> tuple[dict, dict]:
+    """The overlay's kustomization and the base Job with its patch applied the way kustomize's strategic merge does
+    for these fields (lists of named items merged by name, `null` deletes a key)."""
+    kust = yaml.safe_load((DEPLOY / "kubernetes" / "low-downtime" / "kustomization.yaml").read_text())
+    job = _job()
+    [patch] = kust["patches"]
+    assert patch["target"] == {"kind": "Job", "name": job["metadata"]["name"]}
+    return kust, _merge(job, yaml.safe_load(patch["patch"]))
+
+
+def _merge(base, patch):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
+                                                                  for i in base + patch):
+        by_name = {i["name"]: i for i in patch}
+        assert set(by_name) <= {i["name"] for i in base}, f"the patch names items the base lacks: {sorted(by_name)}"
+        return [_merge(i, by_name[i["name"]]) if i["name"] in by_name else i for i in base]
+    return patch
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_low_downtime_manifests_validate_against_kubernetes_schemas(version):
+    kv = pytest.importorskip("kubernetes_validate")
+    kust, job = _low_downtime()
+    kv.validate(job, version, strict=True)
+    kv.validate(_catch_up_job(), version, strict=True)
+    for resource in kust["resources"][1:]:
+        kv.validate(yaml.safe_load((DEPLOY / "kubernetes" / "low-downtime" / resource).read_text()), version,
+                    strict=True)
+
+
+def test_phase_1_keeps_its_snapshot_on_the_pvc_the_catch_up_job_reads():
+    kust, phase1 = _low_downtime()
+    assert kust["resources"][0] == "../"
+    pvc = yaml.safe_load((DEPLOY / "kubernetes" / "low-downtime" / "work-pvc.yaml").read_text())
+    catch = _catch_up_job()
+    for job in (phase1, catch):
+        spec = job["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["work"] == {"name": "work", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+        assert volumes["data"]["persistentVolumeClaim"] == _job()["spec"]["template"]["spec"]["volumes"][0][
+            "persistentVolumeClaim"]  # the same data PVC, read-only
+        for c in _containers(job):  # the target's own Secret, last: it wins over HridaAI's configuration
+            assert c["envFrom"][:2] == _containers(_job())[0]["envFrom"] and c["envFrom"][-1] == TARGET_SECRET
+    affinity = phase1["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # phase 2 runs with HridaAI at 0 replicas: a required affinity to its pod could never be scheduled
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in catch["spec"]["template"]["spec"]["affinity"][
+        "podAffinity"]
+
+
+def test_catch_up_job_is_the_base_job_with_its_own_steps():
+    base, catch = _job(), _catch_up_job()
+    assert [c.get("args") for c in _containers(catch)] == [["config"], ["catch-up"], ["verify"]]
+    assert catch["metadata"]["name"] != base["metadata"]["name"]
+    assert catch["spec"]["podFailurePolicy"] == base["spec"]["podFailurePolicy"]  # exit 4 (refused) fails at once
+    for c in _containers(catch):
+        assert all("command" not in c for c in _containers(catch))
+        twin = next(b for b in _containers(base) if b["name"] in (c["name"], "load" if c["name"] == "catch-up" else ""))
+        assert {k: v for k, v in c.items() if k not in ("name", "args", "envFrom")} == \
+               {k: v for k, v in twin.items() if k not in ("name", "args", "envFrom")}, c["name"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import SMALL, query, run_cli
 from test_preflight import hridaai_made_target
+
+from conftest import SMALL, query, run_cli
 
 # what HridaAI 0.6.x's pgvector client runs at startup (vector(1536), ivfflat lists = 100), before any data
 STARTUP_DDL = [

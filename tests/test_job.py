@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -175,3 +176,40 @@ def test_job_without_a_target_fails_with_exit_2_not_an_embedded_server(readonly_
                           cwd=pod.mounts["work"], timeout=120)
     assert proc.returncode == 2 and "HRIDAAI_MIGRATE_REQUIRE_TARGET" in proc.stderr
     assert not any(pod.mounts["work"].iterdir())
+
+
+CATCH_UP_JOB = ROOT / "deploy" / "kubernetes" / "catch-up" / "job.yaml"
+
+
+def test_low_downtime_phase_1_job_then_the_catch_up_job_on_the_same_work_volume(readonly_data, target_url, job_root):
+    """Phase 1: the base Job's steps with the work dir on a volume that outlives the pod (the overlay's PVC); HridaAI
+    then writes to its database; phase 2: the catch-up Job's steps on the same work volume bring the target to the
+    new state and verify it."""
+    runner = Runner(target_url)
+    pod1 = Pod(job_root / "pod1", readonly_data, target_url, runner)
+    for name, container in _steps().items():
+        done = pod1.run(container)
+        assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+    for p in [readonly_data, *readonly_data.rglob("*")]:  # HridaAI writing meanwhile (as the data's owner)
+        p.chmod(p.stat().st_mode | 0o200)
+    db = sqlite3.connect(readonly_data / "hridaai.db")
+    ids = [r[0] for r in db.execute("SELECT id FROM chat ORDER BY id")]
+    db.execute("UPDATE chat SET title = 'renamed in the window' WHERE id = ?", (ids[0],))
+    db.execute("DELETE FROM chat_message WHERE chat_id = ?", (ids[1],))
+    db.execute("DELETE FROM chat WHERE id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    for p in sorted(readonly_data.rglob("*"), reverse=True) + [readonly_data]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    spec = yaml.safe_load(CATCH_UP_JOB.read_text())["spec"]["template"]["spec"]
+    steps = {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+    assert list(steps) == ["config", "catch-up", "verify"]
+    pod2 = Pod(job_root / "pod2", readonly_data, target_url, runner)
+    pod2.mounts["work"] = pod1.mounts["work"]  # the PVC hridaai-migrate-work
+    results = {name: pod2.run(c) for name, c in steps.items()}
+    for name, done in results.items():
+        assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert "all match" in results["verify"].stdout
+    assert query(target_url, "SELECT title FROM chat WHERE id = $1", ids[0])[0]["title"] == "renamed in the window"
+    assert not query(target_url, "SELECT 1 FROM chat WHERE id = $1", ids[1])
+    assert "caught up" in pod2.run({**steps["verify"], "args": ["status"]}).stdout

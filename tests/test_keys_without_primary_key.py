@@ -8,8 +8,9 @@ import json
 import shutil
 import sqlite3
 
-from conftest import SMALL, query, run_cli
 from test_preflight import hridaai_made_target
+
+from conftest import SMALL, query, run_cli
 
 PEEWEE_TABLES = ("auth", "chat", "file", "function", "memory")
 OLD_REVISION = "3af16a1c9fb6"  # HridaAI 0.6.26: a revision the catalog does not know, so existing mode it is

@@ -1,5 +1,6 @@
 """The catch-up lane (issue 15, phase 2): bring a target loaded from one snapshot to a newer snapshot of the same
-install, writing only what changed. `delta.py` finds what changed in each table between the two snapshots, locally;
+install, writing only what changed. `pages.py` tells which rows can have changed from the pages that differ
+between the two snapshot files; `delta.py` finds what changed in each table between the two snapshots, locally;
 `vector_delta.py` the same for the Chroma store; `run.py` is `migrate catch-up`, `vectors.py` its vector part.
 
 May import: migrator.plan.model, migrator.convert, migrator.sources, migrator.catalog, migrator.targets,

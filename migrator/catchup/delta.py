@@ -5,6 +5,10 @@ order (the plan's key: the target's primary key, else the unique index the sourc
 row whose stored values are identical converts identically, so only the changed rows need converting and writing
 later. Memory: one row of each side at a time, plus the change lists (keys and new rowids only).
 
+Where the two files can be compared page by page (`pages.Pages`), only the rows on the pages that differ are read:
+the rest are the same bytes in both. That needs a key SQLite itself keeps unique in both snapshots (its primary key
+or a unique index on exactly the key's columns) and no NULL in it among the rows read; otherwise the whole merge.
+
 A table without a key is a multiset of rows: both sides are read ordered by every column and merged with counts; a
 changed row is one deleted and one inserted. A row whose key changed is a delete of the old key and an insert of the
 new one (so the target's ON DELETE rules act as they would on HridaAI's own delete).
@@ -69,6 +73,68 @@ def table_delta(old: sqlite3.Connection, new: sqlite3.Connection, table: TablePl
                 delta.unchanged += 1
             a, b = next(left, None), next(right, None)
     return delta
+
+
+def candidates_delta(old: sqlite3.Connection, new: sqlite3.Connection, table: TablePlan, columns: Sequence[str],
+                     old_rowids: Sequence[int], new_rowids: Sequence[int]) -> TableDelta | None:
+    """The delta of `table` when only the rows `old_rowids` (old snapshot) and `new_rowids` (new snapshot) can
+    differ, every other row being the same in both; None when that cannot be decided from them (no key SQLite keeps
+    unique, a NULL in a key): then `table_delta`. Same result as `table_delta`, in the same order."""
+    keys = list(table.key or [])
+    if not keys or not set(keys) <= set(columns) or not all(unique_in_sqlite(c, table.name, keys) for c in (old, new)):
+        return None
+    positions = [list(columns).index(k) for k in keys]
+    before: dict[tuple, tuple[int, tuple]] = {}
+    for rowid, values in _rows_at(old, table.name, columns, old_rowids):
+        key = tuple(values[p] for p in positions)
+        if None in key:
+            return None
+        before[key] = (rowid, values)
+    delta = TableDelta(table.name, keyed=True)
+    written: list[tuple[tuple, int, bool]] = []
+    for rowid, values in _rows_at(new, table.name, columns, new_rowids):
+        key = tuple(values[p] for p in positions)
+        if None in key:
+            return None
+        was = before.pop(key, None)
+        if was is None or _typed(was[1]) != _typed(values):
+            written.append((_order_key(values, positions), rowid, was is None))
+        else:
+            delta.unchanged += 1
+    for _, rowid, inserted in sorted(written, key=lambda w: w[0]):
+        (delta.inserted if inserted else delta.updated).append(rowid)
+    gone = sorted(before.values(), key=lambda r: _order_key(r[1], positions))
+    delta.deleted = [_deleted_key(r, keys, positions) for r in gone]
+    return delta
+
+
+def unique_in_sqlite(conn: sqlite3.Connection, table: str, key: Sequence[str]) -> bool:
+    """Whether SQLite keeps `key` unique in `table` (an INTEGER PRIMARY KEY, a primary key or a unique index on
+    exactly these columns; NULLs aside)."""
+    info = list(conn.execute(f"PRAGMA table_info({qi(table)})"))
+    pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
+    if set(pk) == set(key):
+        return True
+    for index in conn.execute(f"PRAGMA index_list({qi(table)})"):
+        if index[2] and not index[4]:  # unique, not partial
+            cols = [r[2] for r in conn.execute(f"PRAGMA index_info({qi(index[1])})")]
+            if None not in cols and set(cols) == set(key):
+                return True
+    return False
+
+
+def _rows_at(conn: sqlite3.Connection, table: str, columns: Sequence[str], rowids: Sequence[int]
+             ) -> Iterator[tuple[int, tuple]]:
+    cols = ", ".join(qi(c) for c in columns)
+    conn.text_factory = lenient_text
+    try:
+        for i in range(0, len(rowids), 900):
+            part = list(rowids[i:i + 900])
+            sql = f"SELECT rowid, {cols} FROM {qi(table)} WHERE rowid IN ({','.join('?' * len(part))})"
+            for row in conn.execute(sql, part):
+                yield row[0], tuple(row[1:])
+    finally:
+        conn.text_factory = str
 
 
 def _deleted_key(row: tuple[int, tuple], keys: list[str], positions: list[int]) -> str:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
 from migrator import ledger
 from migrator.catalog import schema as cat
-from migrator.catchup import steps as steps_mod, vectors as catchup_vectors
-from migrator.catchup.delta import TableDelta, table_delta
+from migrator.catchup import pages, steps as steps_mod, vectors as catchup_vectors
+from migrator.catchup.delta import TableDelta, candidates_delta, table_delta
 from migrator.context import RunContext
 from migrator.convert.table import Converted, TableConverter
 from migrator.errors import PreflightError
@@ -85,7 +86,9 @@ async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
         policies = json.loads(steps["policies"]) if steps.get("policies") else plan.policies
         plan.policies = policies  # the run's, as the load converted S1 (the writer reads them from the plan)
         tables = sorted((t for t in plan.tables if t.action == "load"), key=lambda t: (t.order, t.name))
+        t0 = time.monotonic()
         deltas = await asyncio.to_thread(_deltas, old, new, tables)
+        ctx.progress.event("catch-up", phase="delta", seconds=round(time.monotonic() - t0, 3))
         _refuse_what_it_cannot_apply(old, new, tables, deltas)
         quarantined = {t.name: await ledger.quarantine_keys(conn, t.name) for t in tables}
         for t in tables:  # rows quarantined before: decided again (a parent may have arrived, a value been fixed)
@@ -132,9 +135,20 @@ async def _the_run(conn: asyncpg.Connection, old: Snapshot, new: Snapshot) -> di
 
 
 def _deltas(old: Snapshot, new: Snapshot, tables: list[TablePlan]) -> dict[str, TableDelta]:
+    """Each table's delta: from the rows on the pages that differ between the two files where that is sound, by the
+    whole merge otherwise."""
     a, b = (src.connect(s.db_path, immutable=True) for s in (old, new))
     try:
-        deltas = {t.name: table_delta(a, b, t, _columns(a, b, t)) for t in tables}
+        by_page = pages.Pages.open(old.db_path, new.db_path, a, b)
+        deltas = {}
+        for t in tables:
+            columns = _columns(a, b, t)
+            rows = by_page.candidates(t.name) if by_page is not None else None
+            if rows == ([], []):
+                d = TableDelta(t.name, keyed=bool(t.key))
+            else:
+                d = candidates_delta(a, b, t, columns, *rows) if rows is not None else None
+            deltas[t.name] = d if d is not None else table_delta(a, b, t, columns)
         _recheck_children(b, tables, deltas)
         return deltas
     finally:

@@ -17,8 +17,7 @@ import numpy as np
 
 from migrator.errors import PreflightError
 from migrator.settings import Settings
-from migrator.targets import pgvector as pgv
-from migrator.targets import postgres as pgt
+from migrator.targets import pgvector as pgv, postgres as pgt
 
 K = 10
 CANDIDATES = {"ivfflat.probes": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),

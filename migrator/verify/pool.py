@@ -28,7 +28,7 @@ class TableJob:
 
     table: TablePlan
     q_keys: set[str]
-    set_null: dict[str, list[str]]
+    overrides: dict[str, dict]  # key -> {column: value the target holds instead} (ledger.source_overrides)
     seed: int
     size: int = 0  # estimated bytes, only for ordering
 
@@ -54,7 +54,7 @@ class Sides:
 
 def w_run_bundle(sides: Sides, bundle: Bundle) -> list[tuple[str, str, SideResult]]:
     """Measure every (side, table) of a bundle; runs in a worker process or thread."""
-    out = [(side, job.table.name, source_side(sides.db_path, job.table, sides.policies, job.q_keys, job.set_null,
+    out = [(side, job.table.name, source_side(sides.db_path, job.table, sides.policies, job.q_keys, job.overrides,
                                               sides.sample_size, job.seed))
            for side, job in bundle.items if side == "source"]
     targets = [job for side, job in bundle.items if side == "target"]

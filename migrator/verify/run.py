@@ -115,9 +115,10 @@ async def _run_policies(conn, plan: Plan) -> dict:
 
 
 async def _jobs(conn, plan: Plan, tables: list[TablePlan], rng: random.Random) -> dict[str, pool.TableJob]:
-    """Per table: the ledger's quarantined keys and set-NULL fixups, a sample seed, a size for ordering."""
+    """Per table: the ledger's quarantined keys and overrides (set-NULL fixups, rewritten paths), a sample seed, a
+    size for ordering."""
     sizes = await pool.table_sizes(conn, plan.schema)
-    return {t.name: pool.TableJob(t, await ledger.quarantine_keys(conn, t.name), await ledger.set_null_fixups(conn, t.name),
+    return {t.name: pool.TableJob(t, await ledger.quarantine_keys(conn, t.name), await ledger.source_overrides(conn, t.name),
                                   rng.getrandbits(64), sizes.get(t.name, 0)) for t in tables}
 
 
@@ -162,7 +163,7 @@ async def _localise(conn, where: pool.Sides, plan: Plan, job: pool.TableJob, buc
     src_rows: list[tuple[str, int]] = []
     lite = src.connect(where.db_path, immutable=True)
     try:
-        for batch in vt.source_batches(lite, t, conv, job.set_null):
+        for batch in vt.source_batches(lite, t, conv, job.overrides):
             src_rows += _in_buckets(t, batch, buckets, job.q_keys)
     finally:
         lite.close()

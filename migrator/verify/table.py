@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from migrator import ledger
 from migrator.catalog import schema as cat
@@ -88,9 +88,11 @@ def row_keys(t: TablePlan, batch: Batch, digests: Sequence[int]) -> list[str]:
     return ["row:%032x" % d for d in digests]
 
 
-def source_batches(lite, t: TablePlan, conv: TableConverter, set_null: dict[str, list[str]]) -> Iterator[Batch]:
-    """Converted batches of the snapshot's rows, with the load's orphan_set_null fixups applied; each about
-    BATCH_BYTES once the consumer has set the previous batch's nbytes."""
+def source_batches(lite, t: TablePlan, conv: TableConverter, overrides: dict[str, dict[str, Any]]
+                   ) -> Iterator[Batch]:
+    """Converted batches of the snapshot's rows, with the ledger's overrides applied (the load's orphan_set_null
+    fixups, the paths `migrate files` rewrote); each about BATCH_BYTES once the consumer has set the previous
+    batch's nbytes."""
     after, n = src.FIRST, FIRST_ROWS
     idx = {c: i for i, c in enumerate(conv.columns)}
     while True:
@@ -100,9 +102,9 @@ def source_batches(lite, t: TablePlan, conv: TableConverter, set_null: dict[str,
         res = conv.convert(raws)
         keys = source_keys(conv, res.raws)
         columns = list(zip(*res.rows)) if res.rows else [() for _ in conv.columns]
-        if set_null and not set_null.keys().isdisjoint(keys):
+        if overrides and not overrides.keys().isdisjoint(keys):
             columns = [list(c) for c in columns]
-            _set_null(keys, columns, idx, set_null)
+            _override(keys, columns, idx, overrides)
         batch = Batch(keys, columns, [q[0] for q in res.quarantine], len(raws))
         yield batch
         n = next_rows(batch, n)
@@ -115,11 +117,12 @@ def next_rows(batch: Batch, n: int) -> int:
     return max(50, min(MAX_ROWS, BATCH_BYTES * max(len(batch.keys), 1) // batch.nbytes))
 
 
-def _set_null(keys: list[str], columns: list[list], idx: dict[str, int], set_null: dict[str, list[str]]) -> None:
-    """NULL the columns the load's orphan_set_null fixups nulled."""
+def _override(keys: list[str], columns: list[list], idx: dict[str, int], overrides: dict[str, dict[str, Any]]
+              ) -> None:
+    """The values the ledger says the target holds instead (a NULLed orphan reference, an object storage URI)."""
     for i, key in enumerate(keys):
-        for column in set_null.get(key, ()):
-            columns[idx[column]][i] = None
+        for column, value in overrides.get(key, {}).items():
+            columns[idx[column]][i] = value
 
 
 def drop(batch: Batch, q_keys: set[str]) -> Batch:
@@ -133,7 +136,7 @@ def drop(batch: Batch, q_keys: set[str]) -> Batch:
                  batch.quarantined, batch.read)
 
 
-def source_side(db_path: Path, t: TablePlan, policies: dict, q_keys: set[str], set_null: dict[str, list[str]],
+def source_side(db_path: Path, t: TablePlan, policies: dict, q_keys: set[str], overrides: dict[str, dict[str, Any]],
                 k: int, seed: int) -> SideResult:
     """Count, checksum and sample (k rows, reservoir) the snapshot side of a table."""
     conv = TableConverter(t, policies)
@@ -141,7 +144,7 @@ def source_side(db_path: Path, t: TablePlan, policies: dict, q_keys: set[str], s
     rng, seen = random.Random(seed), 0
     lite = src.connect(db_path, immutable=True)
     try:
-        for batch in source_batches(lite, t, conv, set_null):
+        for batch in source_batches(lite, t, conv, overrides):
             result.rows += batch.read
             result.unledgered += [q for q in batch.quarantined if q not in q_keys]
             kept = drop(batch, q_keys)
