@@ -137,9 +137,12 @@ def run(resume: bool, force_clear: bool, **kw) -> None:
 
 @main.command("catch-up")
 @_common
-def catch_up(**kw) -> None:
+@click.option("--then-verify", is_flag=True,
+              help="Once the target holds the new snapshot, pin its state, announce READY (HridaAI may start), and "
+                   "verify the pinned state; exit 3 on a difference.")
+def catch_up(then_verify: bool, **kw) -> None:
     """Bring the target to a new snapshot, writing only what changed since the last run (or catch-up)."""
-    _invoke(commands.catch_up, kw)
+    _invoke(commands.catch_up, kw, then_verify=then_verify)
 
 
 @main.command()

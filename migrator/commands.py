@@ -119,29 +119,86 @@ def _timed(progress: Progress, name: str):
     progress.event("catch-up", phase=name, seconds=round(time.monotonic() - t0, 3))
 
 
-def catch_up(settings: Settings) -> Outcome:
+def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
     """`migrate catch-up`: a new snapshot, and the target brought from the work dir's snapshot to it, writing only
-    what changed; exactly once and resumable (an interrupted catch-up continues with the snapshot it took)."""
+    what changed; exactly once and resumable (an interrupted catch-up continues with the snapshot it took).
+
+    then_verify: once the target holds the new snapshot, its state is pinned (an exported snapshot per database, held
+    open) and READY is announced (a progress event `catch-up`/`ready`, a WARNING line, the file WORK_DIR/READY_FILE):
+    HridaAI may start on the target now, while the full verify reads the pinned state, so HridaAI's own writes from
+    then on are not differences. Exit 3 when verify finds any."""
     from migrator.catchup import run as catchup
+    from migrator.targets import postgres as pgt
 
     settings, notes = _target(settings, start=True)
     old = snap.find(settings)
     if old is None:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="catch-up continues a finished `migrate run`: pass its --work-dir")
+    ready = settings.work_dir / READY_FILE
+    ready.unlink(missing_ok=True)
     progress = choose(settings.log_format)
     try:
         with _timed(progress, "snapshot"):
             new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT)
         with _timed(progress, "plan"):
             p = asyncio.run(plan_stage.build(settings, new, scan=False))
-        report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old))
+        report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
+                                             statistics=not then_verify))
         with _timed(progress, "promote"):
-            snap.promote(settings, NEXT_SNAPSHOT)
+            new = snap.promote(settings, NEXT_SNAPSHOT, set_aside=then_verify)
+        _save_report(settings, "catch-up.json", report.asdict())
+        if not then_verify:
+            return Outcome(report, notes)
+
+        async def pinned_verify():
+            urls = [settings.target_url] + ([settings.pgvector_url] if p.vectors and settings.pgvector_url else [])
+            ctx = RunContext(settings, await plan_stage.build(settings, new, scan=False), new)  # the promoted files
+            conn = await pgt.connect(settings.target_url)  # before the pin: ANALYZE writes statistics
+            try:
+                async with pgt.pinned(urls):
+                    ready.write_text(new.snapshot_id + "\n")
+                    progress.event("catch-up", phase="ready", snapshot=new.snapshot_id)
+                    log.warning("READY: the target holds snapshot %s; HridaAI may start on it now (verify goes on "
+                                "reading the state catch-up left)", new.snapshot_id)
+                    await catchup.analyze(conn, ctx.plan.schema, report.changed_tables)  # not part of the window
+                    await asyncio.to_thread(snap.sweep, settings)  # the previous snapshot, set aside by promote
+                    return await verify_stage.check(ctx, sample_size=settings.sample_size)
+            finally:
+                await pgt.close_quietly(conn)
+
+        with _timed(progress, "verify"):
+            checked = asyncio.run(pinned_verify())
     finally:
         progress.close()
-    _save_report(settings, "catch-up.json", report.asdict())
-    return Outcome(report, notes)
+    _save_report(settings, "verify.json", checked.asdict())
+    both = Outcome(_Both(report, checked), notes)
+    if not checked.ok:
+        exc = VerificationFailed(f"verify found {len(checked.problems)} differences in the state catch-up left",
+                                 detail="; ".join(checked.problems[:10]),
+                                 hint=f"see {settings.work_dir}/reports/verify.json")
+        exc.outcome = both
+        raise exc
+    return both
+
+
+READY_FILE = "catch-up-ready"
+
+
+@dataclass
+class _Both:
+    """catch-up --then-verify: the catch-up's report, then verify's."""
+
+    catch_up: object
+    verify: object
+
+    def asdict(self) -> dict:
+        """JSON form."""
+        return {"catch_up": self.catch_up.asdict(), "verify": self.verify.asdict()}
+
+    def asstr(self) -> str:
+        """For people."""
+        return self.catch_up.asstr() + "\n" + self.verify.asstr()
 
 
 def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail", workers: int = 8) -> Outcome:

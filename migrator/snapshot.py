@@ -159,21 +159,31 @@ def find(settings: Settings, *, name: str = SNAPSHOT_DIR) -> Snapshot | None:
     return Snapshot(**doc)
 
 
-def promote(settings: Settings, name: str) -> Snapshot:
-    """WORK_DIR/<name> becomes WORK_DIR/snapshot (the one before is removed): after a catch-up, the snapshot the
-    target now holds. Idempotent: nothing to do when <name> is already gone."""
+PROMOTED = f".{SNAPSHOT_DIR}.promoted.tmp"  # matched by take()'s clean-up of stale temp dirs too
+
+
+def promote(settings: Settings, name: str, *, set_aside: bool = False) -> Snapshot:
+    """WORK_DIR/<name> becomes WORK_DIR/snapshot (the one before is removed, or with set_aside kept for `sweep`, e.g.
+    once HridaAI runs again): after a catch-up, the snapshot the target now holds. Idempotent: nothing
+    to do when <name> is already gone."""
     work = settings.work_dir
     with _work_lock(work):
         if (work / name / MANIFEST).exists():
-            old = work / f".{SNAPSHOT_DIR}.promoted.tmp"
+            old = work / PROMOTED
             shutil.rmtree(old, ignore_errors=True)
             if (work / SNAPSHOT_DIR).exists():
                 os.replace(work / SNAPSHOT_DIR, old)
             os.replace(work / name, work / SNAPSHOT_DIR)
-            shutil.rmtree(old, ignore_errors=True)
+    if not set_aside:
+        sweep(settings)
     found = find(settings)
     assert found is not None
     return found
+
+
+def sweep(settings: Settings) -> None:
+    """Remove the snapshot `promote` set aside (also done by the next `take`)."""
+    shutil.rmtree(settings.work_dir / PROMOTED, ignore_errors=True)
 
 
 def load_or_take(settings: Settings) -> Snapshot:

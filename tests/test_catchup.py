@@ -162,3 +162,31 @@ def test_catch_up_refuses_a_target_written_since_and_another_revision(tmp_path, 
     shutil.rmtree(tmp_path / "w" / "snapshot-next", ignore_errors=True)
     upgraded = run_cli("catch-up", *common)
     assert upgraded.returncode == 4 and "HridaAI was upgraded" in upgraded.stderr, upgraded.stderr
+
+
+def test_then_verify_reads_the_pinned_state_while_hridaai_writes(tmp_path, target_url):
+    """`catch-up --then-verify`: READY once the target holds the new snapshot; HridaAI starts and writes; verify,
+    reading the pinned state, is clean; a plain verify afterwards sees HridaAI's write."""
+    data, common = _installed(tmp_path, target_url)
+    changed = _change(data)
+    json_log = [a if a != "none" else "json" for a in common]
+    proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "catch-up --then-verify ended before READY"
+    work = tmp_path / "w"
+    assert (work / "catch-up-ready").read_text().strip() == json.loads(
+        (work / "snapshot" / "manifest.json").read_text())["snapshot_id"]
+    query(target_url, "UPDATE chat SET title = 'written by HridaAI after READY' WHERE id = $1", changed["edited"])
+    query(target_url, "DELETE FROM chat_message WHERE id = (SELECT min(id) FROM chat_message)")
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "all match" in out and "READY" in err
+    plain = run_cli("verify", *common)
+    assert plain.returncode == 3 and "chat" in plain.stdout  # what HridaAI wrote is there, unpinned

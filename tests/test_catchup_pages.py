@@ -36,7 +36,7 @@ def _pair(tmp_path, change, source=SMALL / "hridaai.db"):
 
 def _both(old, new) -> tuple[dict, dict]:
     """Every table's delta both ways; the page way's None (stepped aside) kept as None."""
-    a, b = (sqlite3.connect(f"file:{p}?mode=ro&immutable=1", uri=True) for p in (old, new))
+    a, b = (sqlite3.connect(f"file:{p}?mode=ro&immutable=1", uri=True, check_same_thread=False) for p in (old, new))
     by_page = pages.Pages.open(old, new, a, b)
     assert by_page is not None
     merged, paged = {}, {}

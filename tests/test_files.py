@@ -207,3 +207,22 @@ def test_a_catch_up_then_files_again_carries_a_file_uploaded_since(tmp_path, tar
     assert _paths(target_url)["new-file"] == f"s3://{bucket}/{PREFIX}/new-file_notes.txt"
     assert run_cli("verify", *common).returncode == 0
     assert run_cli("files", "--verify", *common, env=env).returncode == 0
+
+
+def test_an_object_already_stored_is_not_sent_again_and_a_wrong_one_is_replaced(tmp_path, target_url, s3_url, bucket):
+    """A killed run may have stored objects whose rows it did not rewrite yet: the same bytes (size and recorded
+    SHA-256) are kept, anything else at that key is overwritten."""
+    data, common = _installed(tmp_path, target_url)
+    rows = sorted(_paths(target_url).items())
+    c = s3server.client(s3_url)
+    same, other = (data / "uploads" / p.rsplit("/", 1)[1] for _, p in rows[:2])
+    body = same.read_bytes()
+    c.put_object(Bucket=bucket, Key=f"{PREFIX}/{same.name}", Body=body,
+                 Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+    c.put_object(Bucket=bucket, Key=f"{PREFIX}/{other.name}", Body=b"x" * other.stat().st_size,
+                 Metadata={"sha256": hashlib.sha256(body).hexdigest()})  # same size, other bytes
+    done = run_cli("files", *common, env=_env(s3_url, bucket))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"moved {len(rows) - 1}" in done.stdout and "1 already stored" in done.stdout, done.stdout
+    assert _objects(s3_url, bucket)[f"{PREFIX}/{other.name}"][1] == hashlib.sha256(other.read_bytes()).hexdigest()
+    assert run_cli("files", "--verify", *common, env=_env(s3_url, bucket)).returncode == 0

@@ -5,5 +5,5 @@
 `capture` records an entry from a database HridaAI created (`migrate schema capture`); `compare` tells a live
 schema apart from an entry (existing mode), with Alembic's autogenerate.
 
-May import: errors. Nothing of the stages: they all read it.
+May import: errors, pgread. Nothing of the stages: they all read it.
 """

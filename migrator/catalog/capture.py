@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from migrator import pgread
 from migrator.catalog.schema import _INDEXDEF, OWN_SCHEMA, VECTOR_TABLE, Catalog, Column, ForeignKey, Table, qi
 from migrator.errors import PreflightError
 
@@ -49,7 +50,7 @@ _SKIP_TABLES = {VECTOR_TABLE}
 
 async def capture(conn: asyncpg.Connection, *, schema: str = "public") -> Catalog:
     """Read tables, constraints, indexes and sequences of `schema` (minus document_chunk) into a Catalog."""
-    async with conn.transaction(readonly=True):
+    async with pgread.block(conn, readonly=True):
         await conn.execute(f"SET LOCAL search_path TO {qi(schema)}")
         cols = await conn.fetch(_COLUMNS, schema)
         cons = await conn.fetch(_CONSTRAINTS, schema)

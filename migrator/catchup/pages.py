@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,12 +170,14 @@ class Pages:
 
     @classmethod
     def open(cls, old_path: Path, new_path: Path, old: sqlite3.Connection, new: sqlite3.Connection) -> Pages | None:
-        """None when the files cannot be compared by page (then every table is compared whole)."""
-        diff = compare(old_path, new_path)
-        if diff is None:
-            return None
-        new_pages = table_pages(new)
-        if new_pages is None:
+        """None when the files cannot be compared by page (then every table is compared whole). The comparison runs
+        while the new file's page lists are read (numpy leaves the GIL). The old file's page lists are read per
+        changed table (reading them all at once too was slower: both lists are built in Python, under the GIL)."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(compare, old_path, new_path)
+            new_pages = table_pages(new)
+            diff = pending.result()
+        if diff is None or new_pages is None:
             return None
         return cls(diff, old, new_pages, (_roots(old), _roots(new)))
 

@@ -51,6 +51,7 @@ class CatchUpReport:
     to_snapshot: str
     tables: dict[str, dict] = field(default_factory=dict)
     vectors: dict = field(default_factory=dict)
+    changed_tables: list[str] = field(default_factory=list)
     note: str = ""
 
     def asdict(self) -> dict:
@@ -70,8 +71,10 @@ class CatchUpReport:
         return "\n".join(lines)
 
 
-async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
-    """Apply the delta from `old` (the snapshot the target holds) to ctx.snapshot (S2); see the module docstring."""
+async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True) -> CatchUpReport:
+    """Apply the delta from `old` (the snapshot the target holds) to ctx.snapshot (S2); see the module docstring.
+    statistics=False: the changed tables' statistics are left to `analyze` (after READY: they do not decide what the
+    target holds)."""
     new, plan = ctx.snapshot, ctx.plan
     report = CatchUpReport(old.snapshot_id, new.snapshot_id)
     conn = await pgt.connect(ctx.settings.target_url, bulk=True)
@@ -86,15 +89,16 @@ async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
         policies = json.loads(steps["policies"]) if steps.get("policies") else plan.policies
         plan.policies = policies  # the run's, as the load converted S1 (the writer reads them from the plan)
         tables = sorted((t for t in plan.tables if t.action == "load"), key=lambda t: (t.order, t.name))
-        t0 = time.monotonic()
+        clock = _Clock(ctx)
         deltas = await asyncio.to_thread(_deltas, old, new, tables)
-        ctx.progress.event("catch-up", phase="delta", seconds=round(time.monotonic() - t0, 3))
+        clock.lap("delta")
         _refuse_what_it_cannot_apply(old, new, tables, deltas)
         quarantined = {t.name: await ledger.quarantine_keys(conn, t.name) for t in tables}
         for t in tables:  # rows quarantined before: decided again (a parent may have arrived, a value been fixed)
             await asyncio.to_thread(_recheck_quarantined, new, t, deltas[t.name], quarantined[t.name])
         if not started:
             await _refuse_foreign_writes(conn, plan.schema, old, tables, quarantined)
+        clock.lap("checks")
         done = steps_mod.Steps(conn, new.snapshot_id, set(steps), ctx.progress)
         for t in reversed(tables):
             await done.run(f"{PREFIX}{new.snapshot_id}:delete:{t.name}",
@@ -107,12 +111,30 @@ async def execute(ctx: RunContext, old: Snapshot) -> CatchUpReport:
             report.tables[t.name] = {"inserted": len(d.inserted), "updated": len(d.updated),
                                      "deleted": len(d.deleted), "quarantined": (counts or {}).get("quarantined", 0)}
         changed = [t for t in tables if deltas[t.name].changes]
+        clock.lap("rows")
         report.vectors = await catchup_vectors.apply(ctx, old, policies)
-        await _finish(conn, plan.schema, changed, run["run_id"], new)
+        clock.lap("vectors")
+        await _finish(conn, plan.schema, run["run_id"], new)
+        report.changed_tables = [t.name for t in changed]
+        if statistics:
+            await analyze(conn, plan.schema, report.changed_tables)
+        clock.lap("finish")
         report.note = f"{sum(deltas[t.name].changes for t in tables)} rows changed in {len(changed)} tables"
         return report
     finally:
         await pgt.close_quietly(conn)
+
+
+class _Clock:
+    """Where a catch-up's time goes: a `catch-up` progress event per phase with its seconds."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.t = ctx, time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.ctx.progress.event("catch-up", phase=phase, seconds=round(now - self.t, 3))
+        self.t = now
 
 
 async def _the_run(conn: asyncpg.Connection, old: Snapshot, new: Snapshot) -> dict:
@@ -340,8 +362,14 @@ def _upsert_sql(schema: str, t: TablePlan, columns: list[str]) -> str:
             f"ON CONFLICT ({', '.join(cat.qi(k) for k in t.key)}) {action}")
 
 
-async def _finish(conn: asyncpg.Connection, schema: str, changed: list[TablePlan], run_id: str, new: Snapshot) -> None:
-    """Sequences past the new rows, statistics of the changed tables, then the run holds S2 (one commit)."""
+async def analyze(conn: asyncpg.Connection, schema: str, tables: list[str]) -> None:
+    """Statistics of the tables a catch-up changed (execute(statistics=False) leaves them to this)."""
+    for name in tables:
+        await conn.execute(f"ANALYZE {cat.qi(schema)}.{cat.qi(name)}")
+
+
+async def _finish(conn: asyncpg.Connection, schema: str, run_id: str, new: Snapshot) -> None:
+    """Sequences past the new rows, then the run holds S2 (one commit)."""
     from migrator.catalog import capture
 
     sequences = (await capture.capture(conn, schema=schema)).sequences
@@ -349,5 +377,3 @@ async def _finish(conn: asyncpg.Connection, schema: str, changed: list[TablePlan
         await pgt.reset_sequences(conn, list(sequences), schema)
         await ledger.step_done(conn, f"{PREFIX}{new.snapshot_id}:done", new.snapshot_id)
         await ledger.move_run(conn, run_id, new.snapshot_id)
-    for t in changed:
-        await conn.execute(f"ANALYZE {cat.qi(schema)}.{cat.qi(t.name)}")

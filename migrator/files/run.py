@@ -6,10 +6,12 @@ Order of work, each file once:
 1. before anything is written: the storage settings (config.py), every row's upload found (sources.py; missing ones
    refused under `missing_upload=fail`, or listed and left under `report`), the target's finished run at this
    snapshot, the store's bucket and write permission (s3.S3Store.check);
-2. uploads in parallel (`--upload-workers`, default 8), each streamed (multipart when big); an object already there
-   with the same size and SHA-256 is not sent again (a file uploaded before a kill);
+2. uploads in parallel (`--upload-workers`, default 8): a file below 8 MiB read once, hashed and sent in one PUT; a
+   bigger one hashed in a streamed pass and streamed in 8 MiB parts (memory: at most 8 MiB per worker, whatever the
+   file sizes); an object already there with the same size and SHA-256 is not sent again (a file uploaded before a
+   kill);
 3. per file, in the target: `UPDATE file SET path = <uri> WHERE id = ... AND path = <the path it had>` and its ledger
-   record, in one transaction. A killed run, run again, finds the records and the objects: nothing is sent or
+   record, in one transaction (with those of the other uploads that completed meanwhile). A killed run, run again, finds the records and the objects: nothing is sent or
    written twice, and the end state is the same.
 
 The source directory is never written; rows already holding a URI are left as they are.
@@ -29,7 +31,7 @@ from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.errors import PreflightError
 from migrator.files import sources
-from migrator.files.s3 import READ_BYTES, S3Store
+from migrator.files.s3 import MULTIPART_BYTES, READ_BYTES, S3Store
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
@@ -113,7 +115,8 @@ async def execute(ctx: RunContext, store: S3Store, *, missing: str = "fail", wor
                 pending.append(u)
         report.aborted_uploads = await asyncio.to_thread(store.abort_stale_uploads,
                                                          {store.key(u.name) for u in pending})
-        await _move(conn, ctx, store, pending, report, workers)
+        present = await asyncio.to_thread(store.listing) if pending else {}
+        await _move(conn, ctx, store, pending, present, report, workers)
     finally:
         await pgt.close_quietly(conn)
     report.seconds = time.monotonic() - t0
@@ -131,44 +134,57 @@ async def _the_run(conn, snapshot_id: str) -> None:
                              hint="use the --work-dir of the run (or catch-up) that loaded this target")
 
 
-async def _move(conn, ctx: RunContext, store: S3Store, pending: list[sources.Upload], report: FilesReport,
-                workers: int) -> None:
-    """Uploads in a bounded thread pool; each rewrite committed as its upload completes."""
+async def _move(conn, ctx: RunContext, store: S3Store, pending: list[sources.Upload], present: dict[str, int],
+                report: FilesReport, workers: int) -> None:
+    """Uploads in a bounded thread pool; the rewrites of the uploads that completed meanwhile committed together
+    (each with its ledger record) as soon as any completes."""
     loop = asyncio.get_running_loop()
     schema = ctx.plan.schema
     sql = (f"UPDATE {cat.qi(schema)}.{cat.qi(TABLE)} SET {cat.qi(COLUMN)} = $1 WHERE id = $2 "
            f"AND {cat.qi(COLUMN)} = $3")
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="upload") as pool:
-        futures = [loop.run_in_executor(pool, _store_one, store, u) for u in pending]
+        waiting = {loop.run_in_executor(pool, _store_one, store, u, present) for u in pending}
         try:
-            for fut in asyncio.as_completed(futures):
-                u, size, sha, sent = await fut
-                uri = store.uri(store.key(u.name))
-                async with conn.transaction():
-                    status = await conn.execute(sql, uri, u.file_id, u.path)
-                    if status != "UPDATE 1":
-                        report.unresolved.append({"id": u.file_id, "path": u.path, "problem":
-                                                  "the target's row no longer holds this path (changed since)"})
-                        continue
-                    await ledger.record_object(conn, TABLE, ledger.dumps([u.file_id]), COLUMN, u.path, uri, size, sha)
-                if sent:
-                    report.moved += 1
-                    report.bytes_sent += size
-                else:
-                    report.already_stored += 1
-                ctx.progress.event("files", file=u.file_id, bytes=size, sent=sent)
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                stored = [f.result() for f in done]  # an upload's error ends the run here, named
+                async with conn.transaction():  # the uploads finished meanwhile: their rewrites in one commit
+                    for u, size, sha, sent in stored:
+                        uri = store.uri(store.key(u.name))
+                        if await conn.execute(sql, uri, u.file_id, u.path) != "UPDATE 1":
+                            report.unresolved.append({"id": u.file_id, "path": u.path, "problem":
+                                                      "the target's row no longer holds this path (changed since)"})
+                            continue
+                        await ledger.record_object(conn, TABLE, ledger.dumps([u.file_id]), COLUMN, u.path, uri,
+                                                   size, sha)
+                        if sent:
+                            report.moved += 1
+                            report.bytes_sent += size
+                        else:
+                            report.already_stored += 1
+                for u, size, _, sent in stored:
+                    ctx.progress.event("files", file=u.file_id, bytes=size, sent=sent)
         finally:
-            for f in futures:
+            for f in waiting:
                 f.cancel()
 
 
-def _store_one(store: S3Store, u: sources.Upload) -> tuple[sources.Upload, int, str, bool]:
-    """In a pool thread: the file's size and SHA-256, and its object written unless already there."""
-    size, sha = file_digest(u.local)
+def _store_one(store: S3Store, u: sources.Upload, present: dict[str, int]) -> tuple[sources.Upload, int, str, bool]:
+    """In a pool thread: the file's size and SHA-256, and its object written unless already there (listed with this
+    size, and its recorded checksum the same: one HEAD, only for listed keys)."""
     key = store.key(u.name)
-    if store.stat(key) == (size, sha):
+    data = None
+    if u.local.stat().st_size < MULTIPART_BYTES:  # small: read once, hashed and sent from memory
+        data = u.local.read_bytes()
+        size, sha = len(data), hashlib.sha256(data).hexdigest()
+    else:  # big: hashed in a streamed pass, then streamed in parts
+        size, sha = file_digest(u.local)
+    if present.get(key) == size and store.stat(key) == (size, sha):
         return u, size, sha, False
-    store.put(u.local, key, sha)
+    if data is not None and len(data) == size:
+        store.put_bytes(data, key, sha)
+    else:
+        store.put(u.local, key, sha)
     return u, size, sha, True
 
 

@@ -45,8 +45,8 @@ class S3Store:
         if cfg.access_key_id and cfg.secret_access_key:
             kw.update(aws_access_key_id=cfg.access_key_id, aws_secret_access_key=cfg.secret_access_key)
         self.client = boto3.client("s3", **kw)
-        self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
-                                       max_concurrency=4)
+        # boto3's defaults (parts read from the file as they are sent: memory does not follow the file's size)
+        self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
 
     def key(self, name: str) -> str:
         """The object key HridaAI gives the upload `name` ("<id>_<filename>")."""
@@ -102,6 +102,19 @@ class S3Store:
             pass  # a store without the listing (or the right to it): parts expire by the bucket's lifecycle rules
         return aborted
 
+    def listing(self) -> dict[str, int]:
+        """key -> size of every object under the prefix (one paginated listing instead of a HEAD per file)."""
+        out: dict[str, int] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.bucket,
+                                                                              Prefix=self.cfg.key_prefix):
+                out.update((o["Key"], o["Size"]) for o in page.get("Contents", []))
+        except ClientError as exc:
+            raise _refused(exc, f"listing {self.cfg.key_prefix!r}", self.cfg.describe()) from None
+        except BotoCoreError as exc:
+            raise _unreachable(exc, self.cfg.describe()) from None
+        return out
+
     def stat(self, key: str) -> tuple[int, str | None] | None:
         """(size, the SHA-256 we recorded or None) of an existing object, else None."""
         try:
@@ -112,12 +125,19 @@ class S3Store:
             raise _refused(exc, f"reading {key!r}", self.cfg.describe()) from None
         return head["ContentLength"], head.get("Metadata", {}).get(SHA256_META)
 
+    def put_bytes(self, data: bytes, key: str, sha256: str) -> None:
+        """One PUT of a small file's bytes (below MULTIPART_BYTES: read once, hashed and sent from memory)."""
+        extra = _extra(key, sha256)
+        try:
+            self.client.put_object(Bucket=self.cfg.bucket, Key=key, Body=data, **extra)
+        except ClientError as exc:
+            raise _refused(exc, f"writing {key!r}", self.cfg.describe(), write=True) from None
+        except BotoCoreError as exc:
+            raise _unreachable(exc, self.cfg.describe()) from None
+
     def put(self, path: Path, key: str, sha256: str) -> None:
         """Stream `path` to `key` (multipart when big), with HridaAI's content type and our checksum."""
-        extra = {"Metadata": {SHA256_META: sha256}}
-        content_type = content_type_of(key)
-        if content_type:
-            extra["ContentType"] = content_type
+        extra = _extra(key, sha256)
         sent = [0]
 
         def progress(n: int) -> None:  # the failpoint `upload`: part of the object is out, the rest is not
@@ -141,6 +161,14 @@ class S3Store:
             h.update(chunk)
             n += len(chunk)
         return n, h.hexdigest()
+
+
+def _extra(key: str, sha256: str) -> dict:
+    extra: dict = {"Metadata": {SHA256_META: sha256}}
+    content_type = content_type_of(key)
+    if content_type:
+        extra["ContentType"] = content_type
+    return extra
 
 
 def content_type_of(name: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from migrator import pgread
 from migrator.errors import PreflightError
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, q
     if conn not in _versions:  # asked once per connection: a search's measured latency is the search alone
         _versions[conn] = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     version = _versions[conn]
-    async with conn.transaction():
+    async with pgread.block(conn):
         if version and version_tuple(version) >= ITERATIVE_SCAN_MIN_VERSION:
             await conn.execute(f"SET LOCAL {spec.method}.iterative_scan = relaxed_order")
         for name, value in (session or {}).items():  # what a database default would give HridaAI's sessions

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -21,6 +25,10 @@ TRANSIENT = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, as
              asyncpg.exceptions.ConnectionFailureError)
 MIN_SERVER_VERSION = 130000
 SEED_TABLES = {"config", "alembic_version"}
+# A pinned read (`catch-up --then-verify`): {database key: exported snapshot}. Every connection this process, or a
+# worker process it spawns (the environment is inherited), opens to such a database reads that snapshot, in one
+# read-only REPEATABLE READ transaction, whatever has been committed since.
+PIN_ENV = "HRIDAAI_MIGRATE_PINNED_SNAPSHOTS"
 
 
 async def connect(url: str, *, schema: str | None = None, readonly: bool = False,
@@ -61,7 +69,41 @@ async def connect(url: str, *, schema: str | None = None, readonly: bool = False
         raise PreflightError("the target refused the connection", detail=f"{mask_dsn(url)}: {exc}") from None
     if bulk:
         await use_lz4_if_available(conn)
+    pinned = json.loads(os.environ.get(PIN_ENV) or "{}").get(database_key(url))
+    if pinned:
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        await conn.execute(f"SET TRANSACTION SNAPSHOT '{pinned}'")
     return conn
+
+
+def database_key(url: str) -> str:
+    """Which database a URL reaches, without its secrets (two URLs to one database may differ in credentials)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return hashlib.sha256(f"{parts.hostname}|{parts.port}|{parts.path}|{parts.query}".encode()).hexdigest()[:16]
+
+
+@contextlib.asynccontextmanager
+async def pinned(urls: list[str]):
+    """Export a snapshot of each database in `urls` and pin every connection opened meanwhile (here or in spawned
+    workers) to it; the exporting transactions stay open until the block ends."""
+    holders, pins = [], {}
+    try:
+        for url in urls:
+            key = database_key(url)
+            if key in pins:
+                continue
+            conn = await connect(url)
+            holders.append(conn)
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            pins[key] = await conn.fetchval("SELECT pg_export_snapshot()")
+        os.environ[PIN_ENV] = json.dumps(pins)
+        yield pins
+    finally:
+        os.environ.pop(PIN_ENV, None)
+        for conn in holders:
+            await close_quietly(conn)
 
 
 async def use_lz4_if_available(conn: asyncpg.Connection) -> bool:

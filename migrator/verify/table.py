@@ -14,7 +14,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from migrator import ledger
+from migrator import ledger, pgread
 from migrator.catalog import schema as cat
 from migrator.convert.table import TableConverter
 from migrator.plan.model import TablePlan
@@ -173,7 +173,7 @@ async def target_batches(conn, schema: str, t: TablePlan) -> AsyncIterator[Batch
     cols = [c.name for c in t.copy_columns]
     select = ", ".join(cat.qi(c) for c in keys + cols)
     n = FIRST_ROWS
-    async with conn.transaction(readonly=True):
+    async with pgread.block(conn, readonly=True):
         cur = await conn.cursor(f"SELECT {select} FROM {cat.qi(schema)}.{cat.qi(t.name)}")
         while True:
             recs = await cur.fetch(n)
