@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -143,9 +144,14 @@ async def _move(conn, ctx: RunContext, store: S3Store, pending: list[sources.Upl
     sql = (f"UPDATE {cat.qi(schema)}.{cat.qi(TABLE)} SET {cat.qi(COLUMN)} = $1 WHERE id = $2 "
            f"AND {cat.qi(COLUMN)} = $3")
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="upload") as pool:
-        waiting = {loop.run_in_executor(pool, _store_one, store, u, present) for u in pending}
+        queue = iter(pending)
+        waiting: set = set()
         try:
-            while waiting:
+            while True:
+                for u in itertools.islice(queue, 2 * max(1, workers) - len(waiting)):  # a bounded window in flight
+                    waiting.add(loop.run_in_executor(pool, _store_one, store, u, present))
+                if not waiting:
+                    break
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 stored = [f.result() for f in done]  # an upload's error ends the run here, named
                 async with conn.transaction():  # the uploads finished meanwhile: their rewrites in one commit
