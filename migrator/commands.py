@@ -204,7 +204,7 @@ class _Both:
 def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail", workers: int = 8) -> Outcome:
     """`migrate files`: uploads to the object store HridaAI's STORAGE_PROVIDER names, `file.path` rewritten; with
     `verify_only`, every moved upload read back and compared (exit 3 on a difference)."""
-    from migrator.files import config as files_config, run as files_run, s3, verify as files_verify
+    from migrator.files import config as files_config, run as files_run, stores, verify as files_verify
 
     cfg = files_config.from_env()  # exit 2 before anything else when the storage settings are not usable
     settings, notes = _target(settings, start=True)
@@ -213,7 +213,7 @@ def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="`migrate files` follows `migrate run` (or catch-up): pass its --work-dir")
     p = asyncio.run(plan_stage.build(settings, s, scan=False))
-    store = s3.S3Store(cfg)
+    store = stores.open_store(cfg)
     progress = choose(settings.log_format)
     try:
         ctx = RunContext(settings, p, s, progress)

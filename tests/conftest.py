@@ -146,3 +146,33 @@ def query(url: str, sql: str, *args):
             await conn.close()
 
     return asyncio.run(go())
+
+
+def stopped_at_failpoint(proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Wait until `proc` stopped itself at its HRIDAAI_MIGRATE_STOP_AT failpoint (state T); False when it ended
+    first (or the timeout passed)."""
+    import time
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def installed(tmp_path: Path, target_url: str) -> tuple[Path, list[str]]:
+    """A copy of the small fixture migrated into `target_url` by `migrate run`: (data dir, the common flags)."""
+    data = tmp_path / "data"
+    shutil.copytree(SMALL, data)
+    common = ["--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target", target_url,
+              "--log-format", "none"]
+    run = run_cli("run", *common)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return data, common
+
+
+def file_paths(target_url: str) -> dict[str, str]:
+    """The target's file.id -> file.path."""
+    return {r["id"]: r["path"] for r in query(target_url, "SELECT id, path FROM file")}

@@ -11,9 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
-from conftest import MIGRATE, ROOT, SMALL, query, run_cli
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli, stopped_at_failpoint
 
 
 def _installed(tmp_path, target_url) -> tuple:
@@ -126,13 +125,7 @@ def test_catch_up_killed_between_steps_then_again_is_exactly_once(tmp_path, targ
     json_log = [a if a != "none" else "json" for a in common]
     proc = subprocess.Popen(MIGRATE + ["catch-up", *json_log], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "catch-up"})
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "catch-up ended before its first step committed"
+    assert stopped_at_failpoint(proc, 300), "catch-up ended before its first step committed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     steps = query(target_url, "SELECT count(*) FROM hridaai_migrate.step WHERE name LIKE 'catchup:%' "
@@ -172,13 +165,7 @@ def test_then_verify_reads_the_pinned_state_while_hridaai_writes(tmp_path, targe
     json_log = [a if a != "none" else "json" for a in common]
     proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "catch-up --then-verify ended before READY"
+    assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
     work = tmp_path / "w"
     assert (work / "catch-up-ready").read_text().strip() == json.loads(
         (work / "snapshot" / "manifest.json").read_text())["snapshot_id"]

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 import uuid
 
 import pytest
 
 from bench import s3server
-from conftest import MIGRATE, ROOT, SECRETS, SMALL, query, run_cli, tree_digest
+from conftest import MIGRATE, ROOT, SECRETS, file_paths as _paths, installed as _installed, query, run_cli, \
+    stopped_at_failpoint, tree_digest
 
 PREFIX = "hridaai/uploads"
 
@@ -40,20 +39,6 @@ def _env(s3_url: str, bucket: str, **extra) -> dict:
     return {"STORAGE_PROVIDER": "s3", "S3_BUCKET_NAME": bucket, "S3_ENDPOINT_URL": s3_url,
             "S3_REGION_NAME": s3server.REGION, "S3_KEY_PREFIX": PREFIX, "S3_ACCESS_KEY_ID": "testing",
             "S3_SECRET_ACCESS_KEY": secret, "S3_ADDRESSING_STYLE": "path", **extra}
-
-
-def _installed(tmp_path, target_url) -> tuple:
-    data = tmp_path / "data"
-    shutil.copytree(SMALL, data)
-    common = ["--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target", target_url,
-              "--log-format", "none"]
-    run = run_cli("run", *common)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    return data, common
-
-
-def _paths(target_url) -> dict[str, str]:
-    return {r["id"]: r["path"] for r in query(target_url, "SELECT id, path FROM file")}
 
 
 def _objects(s3_url, bucket) -> dict[str, tuple[int, str]]:
@@ -131,13 +116,7 @@ def test_killed_during_an_upload_then_again_gives_the_same_result(tmp_path, targ
     json_log = [a if a != "none" else "json" for a in common]
     proc = subprocess.Popen(MIGRATE + ["files", "--upload-workers", "1", *json_log], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "files ended before its first upload was under way"
+    assert stopped_at_failpoint(proc, 120), "files ended before its first upload was under way"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _paths(target_url) == rows  # nothing committed

@@ -29,10 +29,16 @@ class StorageConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     addressing_style: str | None = None
+    azure_endpoint: str = ""
+    azure_container: str = ""
+    azure_key: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         """For people and logs: no secret, ever."""
-        where = f"s3://{self.bucket}/{self.key_prefix}" if self.provider == "s3" else self.provider
+        if self.provider == "azure":
+            creds = "AZURE_STORAGE_KEY" if self.azure_key else "DefaultAzureCredential"
+            return f"{self.azure_endpoint}/{self.azure_container} ({creds})"
+        where = f"s3://{self.bucket}/{self.key_prefix}"
         creds = "S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY" if self.access_key_id else "the default AWS credential chain"
         return f"{where} at {self.endpoint_url or 'AWS'} ({creds})"
 
@@ -53,10 +59,18 @@ def from_env(env: Mapping[str, str] | None = None) -> StorageConfig:
     if provider == "local":
         raise UsageError("STORAGE_PROVIDER=local keeps uploads on HridaAI's volume: nothing to move",
                          hint="share the uploads/ directory through a ReadWriteMany volume instead (deploy/RUNBOOK.md)")
-    if provider in ("gcs", "azure"):
-        raise UsageError(f"STORAGE_PROVIDER={provider}: this release of hridaai-migrate moves uploads to S3-compatible "
-                         "stores only", hint="copy uploads/ with the provider's own tool (gsutil / azcopy) and keep "
-                                             "STORAGE_PROVIDER=local until then")
+    if provider == "gcs":
+        raise UsageError("STORAGE_PROVIDER=gcs: this release of hridaai-migrate moves uploads to S3-compatible stores "
+                         "and Azure Blob Storage only", hint="copy uploads/ with gsutil and keep "
+                                                             "STORAGE_PROVIDER=local until then")
+    if provider == "azure":
+        endpoint, container = env.get("AZURE_STORAGE_ENDPOINT") or "", env.get("AZURE_STORAGE_CONTAINER_NAME") or ""
+        if not endpoint or not container:
+            raise UsageError("AZURE_STORAGE_ENDPOINT and AZURE_STORAGE_CONTAINER_NAME must both be set",
+                             hint="the account URL (https://<account>.blob.core.windows.net) and the container "
+                                  "HridaAI will read uploads from")
+        return StorageConfig(provider=provider, azure_endpoint=endpoint, azure_container=container,
+                             azure_key=env.get("AZURE_STORAGE_KEY") or None)
     bucket = env.get("S3_BUCKET_NAME") or ""
     if not bucket:
         raise UsageError("S3_BUCKET_NAME is not set", hint="the bucket HridaAI will read uploads from")

@@ -5,7 +5,7 @@ Order of work, each file once:
 
 1. before anything is written: the storage settings (config.py), every row's upload found (sources.py; missing ones
    refused under `missing_upload=fail`, or listed and left under `report`), the target's finished run at this
-   snapshot, the store's bucket and write permission (s3.S3Store.check);
+   snapshot, the store's bucket (container) and write permission (`check` of stores.open_store's store);
 2. uploads in parallel (`--upload-workers`, default 8): a file below 8 MiB read once, hashed and sent in one PUT; a
    bigger one hashed in a streamed pass and streamed in 8 MiB parts (memory: at most 8 MiB per worker, whatever the
    file sizes); an object already there with the same size and SHA-256 is not sent again (a file uploaded before a
@@ -32,11 +32,12 @@ from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.errors import PreflightError
 from migrator.files import sources
-from migrator.files.s3 import MULTIPART_BYTES, READ_BYTES, S3Store
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
 TABLE, COLUMN = "file", "path"
+SMALL_BYTES = 8 << 20  # below: read once, hashed and sent in one PUT from memory
+READ_BYTES = 1 << 20
 POLICIES = ("fail", "report")
 
 
@@ -76,7 +77,7 @@ class FilesReport:
         return "\n".join(lines)
 
 
-async def execute(ctx: RunContext, store: S3Store, *, missing: str = "fail", workers: int = 8) -> FilesReport:
+async def execute(ctx: RunContext, store, *, missing: str = "fail", workers: int = 8) -> FilesReport:
     """Move every resolved upload of ctx.snapshot to `store`; see the module docstring."""
     if missing not in POLICIES:
         raise PreflightError(f"missing_upload={missing!r} is not one of {', '.join(POLICIES)}")
@@ -88,7 +89,7 @@ async def execute(ctx: RunContext, store: S3Store, *, missing: str = "fail", wor
         inv = sources.inventory(lite, uploads_dir)
     finally:
         lite.close()
-    report = FilesReport(store.cfg.describe(), remote=inv.remote, no_path=inv.no_path, missing_upload=missing,
+    report = FilesReport(store.describe(), remote=inv.remote, no_path=inv.no_path, missing_upload=missing,
                          unresolved=[{"id": u.file_id, "path": u.path, "problem": u.problem} for u in inv.unresolved])
     if inv.unresolved and missing == "fail":
         raise PreflightError(f"{len(inv.unresolved)} file rows name an upload that is not in {uploads_dir}",
@@ -135,7 +136,7 @@ async def _the_run(conn, snapshot_id: str) -> None:
                              hint="use the --work-dir of the run (or catch-up) that loaded this target")
 
 
-async def _move(conn, ctx: RunContext, store: S3Store, pending: list[sources.Upload], present: dict[str, int],
+async def _move(conn, ctx: RunContext, store, pending: list[sources.Upload], present: dict[str, int],
                 report: FilesReport, workers: int) -> None:
     """Uploads in a bounded thread pool; the rewrites of the uploads that completed meanwhile committed together
     (each with its ledger record) as soon as any completes."""
@@ -175,12 +176,12 @@ async def _move(conn, ctx: RunContext, store: S3Store, pending: list[sources.Upl
                 f.cancel()
 
 
-def _store_one(store: S3Store, u: sources.Upload, present: dict[str, int]) -> tuple[sources.Upload, int, str, bool]:
+def _store_one(store, u: sources.Upload, present: dict[str, int]) -> tuple[sources.Upload, int, str, bool]:
     """In a pool thread: the file's size and SHA-256, and its object written unless already there (listed with this
     size, and its recorded checksum the same: one HEAD, only for listed keys)."""
     key = store.key(u.name)
     data = None
-    if u.local.stat().st_size < MULTIPART_BYTES:  # small: read once, hashed and sent from memory
+    if u.local.stat().st_size < SMALL_BYTES:  # small: read once, hashed and sent from memory
         data = u.local.read_bytes()
         size, sha = len(data), hashlib.sha256(data).hexdigest()
     else:  # big: hashed in a streamed pass, then streamed in parts

@@ -48,6 +48,15 @@ class S3Store:
         # boto3's defaults (parts read from the file as they are sent: memory does not follow the file's size)
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
 
+    def describe(self) -> str:
+        """For people and logs: no secret."""
+        return self.cfg.describe()
+
+    @staticmethod
+    def key_of_uri(uri: str) -> str:
+        """The key HridaAI reads a recorded s3:// path back as (its _extract_s3_key: after the bucket)."""
+        return "/".join(uri.split("//")[1].split("/")[1:])
+
     def key(self, name: str) -> str:
         """The object key HridaAI gives the upload `name` ("<id>_<filename>")."""
         return posixpath.join(self.cfg.key_prefix, name)

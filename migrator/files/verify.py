@@ -15,7 +15,6 @@ from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.files import sources
 from migrator.files.run import COLUMN, TABLE, file_digest
-from migrator.files.s3 import S3Store
 from migrator.sources import sqlite as src
 from migrator.targets import postgres as pgt
 
@@ -52,9 +51,9 @@ class FilesVerifyReport:
         return "\n".join(lines)
 
 
-async def check(ctx: RunContext, store: S3Store, *, workers: int = 8) -> FilesVerifyReport:
+async def check(ctx: RunContext, store, *, workers: int = 8) -> FilesVerifyReport:
     """Read every recorded object back; compare with the source files and the target's rows."""
-    report = FilesVerifyReport(store.cfg.describe())
+    report = FilesVerifyReport(store.describe())
     uploads_dir = ctx.settings.data_dir / "uploads"
     conn = await pgt.connect(ctx.settings.target_url)
     try:
@@ -87,7 +86,7 @@ async def check(ctx: RunContext, store: S3Store, *, workers: int = 8) -> FilesVe
     return report
 
 
-def _compare(store: S3Store, uploads_dir, record: dict, held: dict) -> tuple[str | None, int]:
+def _compare(store, uploads_dir, record: dict, held: dict) -> tuple[str | None, int]:
     """One recorded object against its source file and its row: (problem or None, bytes read back)."""
     import json
 
@@ -97,7 +96,7 @@ def _compare(store: S3Store, uploads_dir, record: dict, held: dict) -> tuple[str
         return f"{where}: the target's row holds {held.get(file_id)!r}, not the object's URI", 0
     name = sources.upload_name(record["original"])
     local = uploads_dir / name if name else None
-    key = record["uri"].split("//", 1)[1].split("/", 1)[1]  # as HridaAI reads it back
+    key = store.key_of_uri(record["uri"])  # as HridaAI reads it back
     try:
         size, sha = store.digest(key)
     except Exception as exc:  # a missing object, a refused read: named, never a traceback
