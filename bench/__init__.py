@@ -6,6 +6,7 @@ Run ``python -m bench --help`` or ``python -m bench.vectors --help``; see bench/
 - ``vectors.py``          ``python -m bench.vectors``: the Chroma -> pgvector path, read from migrate's events
 - ``files.py``            ``python -m bench.files``: issue 19's ``migrate files`` against boto3 upload_file in a thread pool
 - ``s3server.py``         a moto S3 server as a child process (the files bench and tests/test_files.py)
+- ``gcsserver.py``        gcp-storage-emulator (PyPI) as a child process (tests)
 - ``azurite.py``          Azurite (Azure Storage emulator, from npm via scripts/setup) as a child process (tests)
 - ``window.py``           ``python -m bench.window``: issue 15's catch-up window (bulk run, a change set, catch-up, verify)
 - ``harness.py``          what both share: common options, log, server, timed migrate run/verify, results file

@@ -88,7 +88,8 @@ def test_killed_during_a_block_upload_then_again_gives_the_same_result(tmp_path,
     assert run_cli("files", "--verify", *common, env=_env(account, name)).returncode == 0
 
 
-@pytest.mark.parametrize("case", ["no-container", "wrong-key", "read-only-sas", "no-answer", "gcs"])
+@pytest.mark.parametrize("case", ["no-container", "wrong-key", "read-only-sas", "no-answer", "provider-case",
+                                  "no-endpoint"])
 def test_bad_azure_settings_are_refused_before_anything_is_written(tmp_path, target_url, account, container, case):
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
@@ -103,11 +104,13 @@ def test_bad_azure_settings_are_refused_before_anything_is_written(tmp_path, tar
            "wrong-key": _env(account, name, AZURE_STORAGE_KEY=azurite.KEY[:-8] + "AAAAAAA="),
            "read-only-sas": _env(account, name, AZURE_STORAGE_KEY=sas),
            "no-answer": _env(f"http://127.0.0.1:{azurite.free_port()}/{azurite.ACCOUNT}", name),
-           "gcs": {"STORAGE_PROVIDER": "gcs", "GCS_BUCKET_NAME": "b"}}[case]
+           "provider-case": _env(account, name, STORAGE_PROVIDER="Azure"),
+           "no-endpoint": _env("", name)}[case]
     done = run_cli("files", *common, env=env, timeout=300)
     code, words = {"no-container": (4, "does not exist"), "wrong-key": (4, "refused these credentials"),
                    "read-only-sas": (4, "write (w) and create (c)"), "no-answer": (75, "does not answer"),
-                   "gcs": (2, "STORAGE_PROVIDER=gcs")}[case]
+                   "provider-case": (2, "is not a provider HridaAI accepts"),
+                   "no-endpoint": (2, "AZURE_STORAGE_ENDPOINT and AZURE_STORAGE_CONTAINER_NAME must both be set")}[case]
     assert done.returncode == code and words in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert _paths(target_url) == rows and not query(target_url, "SELECT 1 FROM hridaai_migrate.object")

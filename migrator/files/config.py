@@ -7,6 +7,7 @@ anything else (`S3`, `minio`, ` s3`) is refused, because HridaAI itself would re
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,9 +33,13 @@ class StorageConfig:
     azure_endpoint: str = ""
     azure_container: str = ""
     azure_key: str | None = field(default=None, repr=False)
+    gcs_credentials: dict | None = field(default=None, repr=False)  # service account info
 
     def describe(self) -> str:
         """For people and logs: no secret, ever."""
+        if self.provider == "gcs":
+            creds = "GOOGLE_APPLICATION_CREDENTIALS_JSON" if self.gcs_credentials else "the default Google credentials"
+            return f"gs://{self.bucket} ({creds})"
         if self.provider == "azure":
             creds = "AZURE_STORAGE_KEY" if self.azure_key else "DefaultAzureCredential"
             return f"{self.azure_endpoint}/{self.azure_container} ({creds})"
@@ -60,9 +65,19 @@ def from_env(env: Mapping[str, str] | None = None) -> StorageConfig:
         raise UsageError("STORAGE_PROVIDER=local keeps uploads on HridaAI's volume: nothing to move",
                          hint="share the uploads/ directory through a ReadWriteMany volume instead (deploy/RUNBOOK.md)")
     if provider == "gcs":
-        raise UsageError("STORAGE_PROVIDER=gcs: this release of hridaai-migrate moves uploads to S3-compatible stores "
-                         "and Azure Blob Storage only", hint="copy uploads/ with gsutil and keep "
-                                                             "STORAGE_PROVIDER=local until then")
+        bucket = env.get("GCS_BUCKET_NAME") or ""
+        if not bucket:
+            raise UsageError("GCS_BUCKET_NAME is not set", hint="the bucket HridaAI will read uploads from")
+        info = env.get("GOOGLE_APPLICATION_CREDENTIALS_JSON") or None
+        try:
+            creds = json.loads(info) if info else None
+        except ValueError as exc:
+            raise UsageError("GOOGLE_APPLICATION_CREDENTIALS_JSON is not JSON",
+                             detail=f"{exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}",
+                             hint="the service account key file's content, as HridaAI takes it") from None
+        if creds is not None and not isinstance(creds, dict):
+            raise UsageError("GOOGLE_APPLICATION_CREDENTIALS_JSON is not a JSON object (a service account key)")
+        return StorageConfig(provider=provider, bucket=bucket, gcs_credentials=creds)
     if provider == "azure":
         endpoint, container = env.get("AZURE_STORAGE_ENDPOINT") or "", env.get("AZURE_STORAGE_CONTAINER_NAME") or ""
         if not endpoint or not container:

@@ -10,7 +10,11 @@ from migrator.files.config import StorageConfig
 
 
 def open_store(cfg: StorageConfig):
-    """An S3Store or an AzureStore for `cfg` (its client library imported only when used)."""
+    """An S3Store, a GCSStore or an AzureStore for `cfg` (its client library imported only when used)."""
+    if cfg.provider == "gcs":
+        from migrator.files.gcs import GCSStore
+
+        return GCSStore(cfg)
     if cfg.provider == "azure":
         from migrator.files.azure import AzureStore
 
