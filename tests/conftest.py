@@ -176,3 +176,22 @@ def installed(tmp_path: Path, target_url: str) -> tuple[Path, list[str]]:
 def file_paths(target_url: str) -> dict[str, str]:
     """The target's file.id -> file.path."""
     return {r["id"]: r["path"] for r in query(target_url, "SELECT id, path FROM file")}
+
+
+def read_back_by_hridaai(env: dict, paths: list[str], upload_dir: Path) -> dict[str, tuple[int, str]]:
+    """Each path read back through HridaAI's own storage provider (tests/upstream_get_file.py: upstream 0.12.4's
+    provider.py, its `Storage.get_file`), in a process of its own: path -> (size, sha256) of what it got."""
+    import json
+
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "upstream_get_file.py"), str(upload_dir), *paths],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return {r["path"]: (r["size"], r["sha256"]) for r in rows}
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file."""
+    data = path.read_bytes()
+    return len(data), hashlib.sha256(data).hexdigest()

@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from bench import s3server
-from conftest import MIGRATE, ROOT, SECRETS, file_paths as _paths, installed as _installed, query, run_cli, \
-    stopped_at_failpoint, tree_digest
+from conftest import MIGRATE, ROOT, SECRETS, file_digest, file_paths as _paths, installed as _installed, query, \
+    read_back_by_hridaai, run_cli, stopped_at_failpoint, tree_digest
 
 PREFIX = "hridaai/uploads"
 
@@ -75,6 +75,8 @@ def test_uploads_move_paths_are_rewritten_and_both_verifies_pass(tmp_path, targe
     md = next(n for n in rows.values() if n.endswith(".md")).rsplit("/", 1)[1]
     assert s3server.client(s3_url).head_object(Bucket=bucket, Key=f"{PREFIX}/{md}")["ContentType"] == "text/markdown"
     assert tree_digest(data) == before  # the source is never written
+    got = read_back_by_hridaai(env, list(after.values()), tmp_path / "hridaai-uploads")
+    assert got == {after[i]: file_digest(data / "uploads" / p.rsplit("/", 1)[1]) for i, p in rows.items()}
 
     verify = run_cli("verify", *common)  # the rewritten paths are the ledger's, not differences
     assert verify.returncode == 0, verify.stdout[-3000:]

@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from bench import azurite
-from conftest import MIGRATE, ROOT, SECRETS, file_paths as _paths, installed as _installed, query, run_cli, \
-    stopped_at_failpoint
+from conftest import MIGRATE, ROOT, SECRETS, file_digest, file_paths as _paths, installed as _installed, query, \
+    read_back_by_hridaai, run_cli, stopped_at_failpoint
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,8 @@ def test_uploads_move_to_azure_in_hridaais_url_form_and_verify(tmp_path, target_
         assert after[file_id] == f"{account}/{name}/{upload}"  # f"{endpoint}/{container}/{filename}"
         blob = after[file_id].split("/")[-1]  # HridaAI's get_file: the name after the last "/"
         assert client.get_blob_client(blob).download_blob().readall() == (data / "uploads" / upload).read_bytes()
+    got = read_back_by_hridaai(env, list(after.values()), tmp_path / "hridaai-uploads")
+    assert got == {after[i]: file_digest(data / "uploads" / p.rsplit("/", 1)[1]) for i, p in rows.items()}
     assert run_cli("verify", *common).returncode == 0
     check = run_cli("files", "--verify", *common, env=env)
     assert check.returncode == 0 and "RESULT: all match" in check.stdout, check.stdout[-2000:] + check.stderr[-2000:]

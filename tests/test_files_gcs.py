@@ -15,7 +15,8 @@ import uuid
 import pytest
 
 from bench import gcsserver
-from conftest import MIGRATE, ROOT, file_paths as _paths, installed as _installed, query, run_cli, stopped_at_failpoint
+from conftest import MIGRATE, ROOT, file_digest, file_paths as _paths, installed as _installed, query, \
+    read_back_by_hridaai, run_cli, stopped_at_failpoint
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,8 @@ def test_uploads_move_to_gcs_as_hridaai_names_them_and_verify(tmp_path, target_u
         assert b.get_blob(blob).download_as_bytes() == (data / "uploads" / upload).read_bytes()
     md = next(p for p in after.values() if p.endswith(".md")).split("/")[-1]
     assert b.get_blob(md).content_type == "text/markdown"  # as upload_from_filename guesses it
+    got = read_back_by_hridaai(env, list(after.values()), tmp_path / "hridaai-uploads")
+    assert got == {after[i]: file_digest(data / "uploads" / p.rsplit("/", 1)[1]) for i, p in rows.items()}
     assert run_cli("verify", *common).returncode == 0
     check = run_cli("files", "--verify", *common, env=env)
     assert check.returncode == 0 and "RESULT: all match" in check.stdout, check.stdout[-2000:] + check.stderr[-2000:]
