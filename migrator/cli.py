@@ -162,7 +162,9 @@ def verify(sample_size: int | None, **kw) -> None:
               help="missing_upload policy: a row whose upload is not under uploads/ stops the command before "
                    "anything is written, or is listed in the report and keeps its path.")
 @click.option("--upload-workers", type=int, default=8, show_default=True, help="Uploads (and reads back) at once.")
-def files(verify_only: bool, missing: str, upload_workers: int, **kw) -> None:
+@click.option("--resume", is_flag=True, help="Continue an interrupted `files` (what it always does: each file's "
+                                             "rewrite is in the ledger, stored objects are not sent again).")
+def files(verify_only: bool, missing: str, upload_workers: int, resume: bool, **kw) -> None:
     """Move uploads/ to the object store STORAGE_PROVIDER names (S3_* settings, as HridaAI reads them) and rewrite
     file.path to the URIs HridaAI records; resumable: run it again after an interruption."""
     _invoke(commands.files, kw, verify_only=verify_only, missing=missing, workers=max(1, upload_workers))

@@ -127,7 +127,7 @@ def test_killed_during_an_upload_then_again_gives_the_same_result(tmp_path, targ
     stale = c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["Key"] for u in stale] == [f"{PREFIX}/{big.name}"]  # the killed upload's parts are out there
 
-    again = run_cli("files", *common, env=_env(s3_url, bucket))
+    again = run_cli("files", "--resume", *common, env=_env(s3_url, bucket))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert not c.list_multipart_uploads(Bucket=bucket).get("Uploads")  # aborted, not left to bill
     after = _paths(target_url)
