@@ -82,7 +82,9 @@ def auth_users(url: str, bucket: str) -> dict[str, tuple[str, str]]:
     iam = boto3.client("iam", endpoint_url=url, region_name=REGION, aws_access_key_id="testing",
                        aws_secret_access_key="testing")
     out = {}
-    for name, actions in (("writer", ["s3:*"]), ("reader", ["s3:GetObject", "s3:ListBucket"])):
+    # real S3 authorizes HEAD bucket and ListObjects(V2) as s3:ListBucket; moto (5.2) asks for its own action names
+    reads = ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket", "s3:ListObjects", "s3:ListObjectsV2"]
+    for name, actions in (("writer", ["s3:*"]), ("reader", reads)):
         iam.create_user(UserName=name)
         key = iam.create_access_key(UserName=name)["AccessKey"]
         iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps({
