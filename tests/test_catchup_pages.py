@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from conftest import SMALL
-from migrator.catchup import pages
+from migrator.catchup import btree, pages
 from migrator.catchup.delta import candidates_delta, table_delta
 from migrator.plan.model import TablePlan
 
@@ -34,11 +34,12 @@ def _pair(tmp_path, change, source=SMALL / "hridaai.db"):
     return old, new
 
 
-def _both(old, new) -> tuple[dict, dict]:
-    """Every table's delta both ways; the page way's None (stepped aside) kept as None."""
+def _both(old, new, way: str = "walk") -> tuple[dict, dict]:
+    """Every table's delta both ways; the page way's None (stepped aside) kept as None. `way`: where the page lists
+    must have come from (the files walked, or SQLite's dbstat)."""
     a, b = (sqlite3.connect(f"file:{p}?mode=ro&immutable=1", uri=True, check_same_thread=False) for p in (old, new))
     by_page = pages.Pages.open(old, new, a, b)
-    assert by_page is not None
+    assert by_page is not None and by_page.way == way
     merged, paged = {}, {}
     for (name,) in b.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
         t = TablePlan(name, "load", key=_key(b, name))
@@ -102,7 +103,7 @@ def test_a_row_whose_overflow_pages_alone_changed_is_found(tmp_path):
     tree = pages.table_pages(b, "doc")["doc"]
     leaf = next(p for p, chain in tree.overflow.items() if set(chain) & diff.differing)
     assert diff.same(leaf), "the leaf changed too: this SQLite did not overwrite in place (test premise)"
-    merged, paged = _both(old, new)
+    merged, paged = _both(old, new, way="dbstat")  # the walk cannot place that overflow page: it asks SQLite
     (_, new_rows), p = paged["doc"]
     assert len(p.updated) == 1 and _same(merged["doc"], p)
 
@@ -158,3 +159,39 @@ def test_leaf_cells_give_the_rowids_sqlite_stored(tmp_path, rowid):
     db.close()
     diff = pages.compare(path, path)
     assert sorted(diff.leaf_rowids("new", tree.leaves)) == sorted([rowid, 5 if rowid != 5 else 6])
+
+
+def test_the_walked_trees_are_the_ones_sqlite_lists(tmp_path):
+    """btree.File against dbstat on a real file after HridaAI-like edits: every b-tree's interior pages and leaves,
+    each leaf's overflow pages, and the freelist's size."""
+    _, new = _pair(tmp_path, _edit_like_hridaai)
+    db = sqlite3.connect(new)
+    db.execute("DELETE FROM chat WHERE id LIKE 'new-1%'")  # free pages
+    db.commit()
+    listed = pages.table_pages(db)
+    roots = dict(db.execute("SELECT name, rootpage FROM sqlite_master WHERE rootpage > 0"))
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    assert free > 0
+    with btree.File(new) as f:
+        assert len(f.freelist()) == free
+        for name, root in roots.items():
+            tree, want = f.tree(root), listed[name]
+            assert tree.leaves == want.leaves, name
+            assert tree.interior | tree.leaves | {p for c in want.overflow.values() for p in c} == want.all(), name
+            for leaf, chain in want.overflow.items():
+                assert f.overflow(leaf) == set(chain), (name, leaf)
+        assert any(f.overflow(leaf) for leaf in f.tree(roots["chat"]).leaves)
+
+
+def test_a_file_that_is_not_as_the_format_says_is_not_walked(tmp_path):
+    old, new = _pair(tmp_path, _edit_like_hridaai)
+    data = bytearray(new.read_bytes())
+    with btree.File(new) as f:
+        root = next(r for r in (f.tree(r) for r in range(2, f.count)
+                                if f._kind(r) == btree.TABLE_INTERIOR) if r.interior)
+        at = (next(iter(root.interior)) - 1) * f.page_size
+    data[at + 8:at + 12] = (10 ** 9).to_bytes(4, "big")  # a right-most child far beyond the file
+    new.write_bytes(bytes(data))
+    with btree.File(new) as f, pytest.raises(btree.Unreadable):
+        f.tree(root.root)

@@ -7,10 +7,15 @@ leaf of the table in both snapshots, byte-identical, with byte-identical overflo
 (its cells, and with them every row's rowid, key and values, are the same bytes). Only the rows on the other leaf
 pages need reading and comparing: on a typical catch-up, a few hundred pages of a file of hundreds of thousands.
 
-The page lists come from SQLite's `dbstat` table; the rowids on a leaf page from its cells (file format §1.6: a table
-b-tree leaf cell starts with the payload size and the rowid, two varints). Where any of this is unavailable (SQLite
-built without dbstat, an encrypted file, page sizes that differ, a WITHOUT ROWID table) the caller compares whole
-tables instead.
+The page lists come from the files themselves (btree.py: each b-tree walked from its root through its interior
+pages, leaves listed by their parents, about one page in two hundred read). Overflow pages are not listed per
+tree; instead every differing page that is not a b-tree page nor free in the new file (an overflow page that
+changed) must belong to the overflow chain of a cell on a page that is read anyway (a differing b-tree page, or a
+leaf that is new to its tree). Then no unchanged leaf has a changed overflow page, and the rule above holds. When
+one does not (SQLite overwrote a same-size value in place: the leaf keeps its bytes, an overflow page changes), or
+the files cannot be walked, the page lists come from SQLite's `dbstat` table, overflow pages per leaf included.
+The rowids on a leaf page come from its cells. Where none of this is available (SQLite built without dbstat, an
+encrypted file, page sizes that differ, a WITHOUT ROWID table) the caller compares whole tables instead.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from migrator.catchup import btree
 
 LEAF_TABLE = 0x0D
 CHUNK_PAGES = 16384  # compared at once: 64 MiB of 4 KiB pages per side
@@ -58,7 +65,7 @@ class PageDiff:
         with open(self.old if side == "old" else self.new, "rb") as f:
             for page in sorted(pages):
                 f.seek((page - 1) * self.page_size)
-                out.extend(_leaf_cells(f.read(self.page_size), page))
+                out.extend(btree.leaf_rowids(f.read(self.page_size), page))
         return out
 
 
@@ -123,30 +130,6 @@ def clean_leaves(diff: PageDiff, old: TablePages, new: TablePages) -> set[int]:
             if diff.same(p) and all(diff.same(o) for o in new.overflow.get(p, ()))}
 
 
-def _leaf_cells(page: bytes, number: int) -> list[int]:
-    header = 100 if number == 1 else 0
-    if not page or page[header] != LEAF_TABLE:
-        raise ValueError(f"page {number} is not a table leaf")
-    cells = int.from_bytes(page[header + 3:header + 5], "big")
-    out = []
-    for i in range(cells):
-        at = int.from_bytes(page[header + 8 + 2 * i:header + 10 + 2 * i], "big")
-        _, at = _varint(page, at)
-        rowid, _ = _varint(page, at)
-        out.append(rowid - (1 << 64) if rowid >= 1 << 63 else rowid)
-    return out
-
-
-def _varint(buf: bytes, at: int) -> tuple[int, int]:
-    value = 0
-    for i in range(8):
-        b = buf[at + i]
-        value = (value << 7) | (b & 0x7F)
-        if b < 0x80:
-            return value, at + i + 1
-    return (value << 8) | buf[at + 8], at + 9
-
-
 def _page_size(path: Path) -> int | None:
     with open(path, "rb") as f:
         head = f.read(100)
@@ -164,6 +147,8 @@ def _length(f) -> int:
 class Pages:
     """Both snapshots' page diff and b-tree page lists: which rowids of a table may differ between them."""
 
+    way = "dbstat"  # where the page lists came from (the bench and the tests tell the ways apart)
+
     def __init__(self, diff: PageDiff, old: sqlite3.Connection, new_pages: dict[str, TablePages],
                  roots: tuple[dict[str, int], dict[str, int]]):
         self.diff, self._old, self._new_pages, self._roots = diff, old, new_pages, roots
@@ -171,15 +156,22 @@ class Pages:
     @classmethod
     def open(cls, old_path: Path, new_path: Path, old: sqlite3.Connection, new: sqlite3.Connection) -> Pages | None:
         """None when the files cannot be compared by page (then every table is compared whole). The comparison runs
-        while the new file's page lists are read (numpy leaves the GIL). The old file's page lists are read per
-        changed table (reading them all at once too was slower: both lists are built in Python, under the GIL)."""
+        while both files' b-trees are walked (numpy leaves the GIL); when they cannot be, or an overflow page
+        changed under an unchanged leaf, the page lists come from dbstat: the new file's all at once, the old
+        file's per changed table."""
+        roots = (_roots(old), _roots(new))
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(compare, old_path, new_path)
-            new_pages = table_pages(new)
+            walked = _walk(old_path, new_path, _trees(old), _trees(new))
             diff = pending.result()
-        if diff is None or new_pages is None:
+        if diff is None:
             return None
-        return cls(diff, old, new_pages, (_roots(old), _roots(new)))
+        if walked is not None and walked.sound(diff):
+            return WalkedPages(diff, walked, roots)
+        new_pages = table_pages(new)
+        if new_pages is None:
+            return None
+        return cls(diff, old, new_pages, roots)
 
     def candidates(self, table: str) -> tuple[list[int], list[int]] | None:
         """(old rowids, new rowids) of the rows on pages that differ (both empty: the table is unchanged), or None
@@ -197,6 +189,80 @@ class Pages:
             return self.diff.leaf_rowids("old", old.leaves - clean), self.diff.leaf_rowids("new", new.leaves - clean)
         except ValueError:  # an index b-tree (WITHOUT ROWID): its cells are not rowids
             return None
+
+
+@dataclass
+class Walked:
+    """Both files' b-trees by name, and what the new file's differing pages are."""
+
+    old: dict[str, btree.Tree]
+    new: dict[str, btree.Tree]
+    new_path: Path
+    free: set[int]  # the new file's freelist
+
+    def sound(self, diff: PageDiff) -> bool:
+        """Whether every differing page that is an overflow page in the new file lies in a chain of a cell on a
+        page whose rows are read anyway (a differing b-tree page, or a leaf new to its tree)."""
+        tree_pages = set().union(*(t.pages() for t in self.new.values()))
+        beyond = set(range(diff.common + 1, max(diff.common, _pages(self.new_path, diff.page_size)) + 1))
+        changed = diff.differing | beyond
+        loose = changed - tree_pages - self.free
+        if not loose:
+            return True
+        read = {p for p in changed if p in tree_pages}
+        for name, t in self.new.items():
+            before = self.old.get(name)
+            read |= t.leaves - (before.leaves if before is not None and before.root == t.root else set())
+        try:
+            with btree.File(self.new_path) as f:
+                for page in sorted(read):
+                    loose -= f.overflow(page)
+                    if not loose:
+                        return True
+        except btree.Unreadable:
+            return False
+        return not loose
+
+
+class WalkedPages(Pages):
+    """Pages whose lists come from walking both files (Walked, checked sound)."""
+
+    way = "walk"
+
+    def __init__(self, diff: PageDiff, walked: Walked, roots: tuple[dict[str, int], dict[str, int]]):
+        self.diff, self._walked, self._roots = diff, walked, roots
+
+    def candidates(self, table: str) -> tuple[list[int], list[int]] | None:
+        new, old = self._walked.new.get(table), self._walked.old.get(table)
+        if new is None:
+            return None
+        if old is not None and old.root == new.root and all(self.diff.same(p) for p in new.pages()):
+            return [], []
+        if old is None or not (new.table and old.table):
+            return None  # a table that is not in the old file, or an index b-tree (WITHOUT ROWID)
+        clean = {p for p in new.leaves & old.leaves if self.diff.same(p)}
+        return self.diff.leaf_rowids("old", old.leaves - clean), self.diff.leaf_rowids("new", new.leaves - clean)
+
+
+def _walk(old_path: Path, new_path: Path, old_roots: dict[str, int], new_roots: dict[str, int]) -> Walked | None:
+    try:
+        with btree.File(old_path) as a, btree.File(new_path) as b:
+            if a.page_size != b.page_size or a.usable != b.usable:
+                return None
+            return Walked({n: a.tree(r) for n, r in old_roots.items()}, {n: b.tree(r) for n, r in new_roots.items()},
+                          new_path, b.freelist())
+    except btree.Unreadable:
+        return None
+
+
+def _trees(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every b-tree's root page: the schema table's, each table's and each index's."""
+    return {"sqlite_schema": 1, **dict(conn.execute("SELECT name, rootpage FROM sqlite_master WHERE rootpage > 0"))}
+
+
+def _pages(path: Path, page_size: int) -> int:
+    with open(path, "rb") as f:
+        return _length(f) // page_size
 
 
 def _roots(conn: sqlite3.Connection) -> dict[str, int]:
