@@ -8,13 +8,14 @@ import json
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import embedded, ledger, snapshot as snap, workdir
 from migrator.catalog import schema as catalog
 from migrator.context import RunContext, StopFlag
-from migrator.errors import MigrationError, TransientError, UsageError, VerificationFailed
+from migrator.errors import MigrationError, PreflightError, TransientError, UsageError, VerificationFailed
 from migrator.load import run as load
 from migrator.plan import build as plan_stage
 from migrator.progress import Progress, choose
@@ -139,12 +140,20 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
     ready.unlink(missing_ok=True)
     progress = choose(settings.log_format)
     try:
+        if old.deferred:  # a catch-up --then-verify ended after READY, before checking the snapshot it promoted
+            old = _complete_checks(settings, old)
         with _timed(progress, "snapshot"):
-            new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT)
+            new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT, previous=old,
+                                                                       defer_checks=then_verify, sync=False)
+        syncing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        durable = syncing.submit(snap.sync, new)  # written back while the delta is found; awaited before `finish`
         with _timed(progress, "plan"):
             p = asyncio.run(plan_stage.build(settings, new, scan=False))
-        report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
-                                             statistics=not then_verify))
+        try:
+            report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
+                                                 statistics=not then_verify, durable=durable.result))
+        finally:
+            syncing.shutdown(wait=True)
         with _timed(progress, "promote"):
             new = snap.promote(settings, NEXT_SNAPSHOT, set_aside=then_verify)
         _save_report(settings, "catch-up.json", report.asdict())
@@ -163,6 +172,7 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
                                 "reading the state catch-up left)", new.snapshot_id)
                     await catchup.analyze(conn, ctx.plan.schema, report.changed_tables)  # not part of the window
                     await asyncio.to_thread(snap.sweep, settings)  # the previous snapshot, set aside by promote
+                    await asyncio.to_thread(_complete_checks, settings, new, after_ready=True)  # in place
                     return await verify_stage.check(ctx, sample_size=settings.sample_size)
             finally:
                 await pgt.close_quietly(conn)
@@ -183,6 +193,20 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
 
 
 READY_FILE = "catch-up-ready"
+
+
+def _complete_checks(settings: Settings, s: snap.Snapshot, *, after_ready: bool = False) -> snap.Snapshot:
+    """The quick_check and SHA-256 a catch-up --then-verify leaves until after READY (snap.complete_checks)."""
+    try:
+        return snap.complete_checks(settings, s)
+    except PreflightError as exc:
+        if not after_ready:
+            raise
+        raise PreflightError(f"the snapshot catch-up applied fails SQLite's integrity check: {exc.message}",
+                             detail=exc.detail,
+                             hint="HridaAI may already run on the target caught up from it: stop it, go back to "
+                                  "the SQLite install (the source is untouched), repair it (sqlite3 .recover) and "
+                                  "migrate again into an empty target") from exc
 
 
 @dataclass
@@ -241,6 +265,7 @@ def verify(settings: Settings) -> Outcome:
     if s is None:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="verify compares the target with the snapshot `migrate run` used: pass its --work-dir")
+    s = _complete_checks(settings, s)  # a catch-up --then-verify that ended before checking its snapshot
     p = asyncio.run(plan_stage.build(settings, s, scan=False))
     report = asyncio.run(verify_stage.check(RunContext(settings, p, s), sample_size=settings.sample_size))
     _save_report(settings, "verify.json", report.asdict())

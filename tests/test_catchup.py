@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 
-from conftest import MIGRATE, ROOT, SMALL, query, run_cli, stopped_at_failpoint
+from conftest import MIGRATE, ROOT, SMALL, file_digest, query, run_cli, stopped_at_failpoint
 
 
 def _installed(tmp_path, target_url) -> tuple:
@@ -167,13 +167,56 @@ def test_then_verify_reads_the_pinned_state_while_hridaai_writes(tmp_path, targe
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
     assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
     work = tmp_path / "w"
-    assert (work / "catch-up-ready").read_text().strip() == json.loads(
-        (work / "snapshot" / "manifest.json").read_text())["snapshot_id"]
+    manifest = json.loads((work / "snapshot" / "manifest.json").read_text())
+    assert (work / "catch-up-ready").read_text().strip() == manifest["snapshot_id"]
+    db = next(f for f in manifest["files"] if f["path"] == "hridaai.db")
+    assert manifest["deferred"] == ["hridaai.db"] and "sha256" not in db  # named by its differing pages until then
+    assert db["derived"]["pages"] > 0
     query(target_url, "UPDATE chat SET title = 'written by HridaAI after READY' WHERE id = $1", changed["edited"])
     query(target_url, "DELETE FROM chat_message WHERE id = (SELECT min(id) FROM chat_message)")
     os.kill(proc.pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert "all match" in out and "READY" in err
+    manifest = json.loads((work / "snapshot" / "manifest.json").read_text())
+    db = next(f for f in manifest["files"] if f["path"] == "hridaai.db")
+    assert manifest["deferred"] == [] and db["sha256"] == file_digest(work / "snapshot" / "hridaai.db")[1]
     plain = run_cli("verify", *common)
     assert plain.returncode == 3 and "chat" in plain.stdout  # what HridaAI wrote is there, unpinned
+
+
+def test_checks_left_after_ready_are_done_by_the_next_command(tmp_path, target_url):
+    """Killed at READY, before the promoted snapshot's quick_check and SHA-256: `verify` does them first (and a
+    copy that fails the check is refused, named, not compared)."""
+    data, common = _installed(tmp_path, target_url)
+    _change(data)
+    json_log = [a if a != "none" else "json" for a in common]  # the failpoint is a progress event's
+    proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
+    assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = tmp_path / "w" / "snapshot" / "manifest.json"
+    assert json.loads(manifest.read_text())["deferred"] == ["hridaai.db"]
+    done = run_cli("verify", *common)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(manifest.read_text())["deferred"] == []
+
+    copy = tmp_path / "w" / "snapshot" / "hridaai.db"
+    db = sqlite3.connect(data / "hridaai.db")
+    db.execute("UPDATE chat SET title = title || '!'")
+    db.commit()
+    db.close()
+    proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
+    assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(copy, "r+b") as f:  # damage the promoted copy's b-tree: a page's cell count far beyond its size
+        page_size = int.from_bytes(f.read(18)[16:18], "big")
+        root = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True).execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'chat'").fetchone()[0]
+        f.seek((root - 1) * page_size + 3)
+        f.write(b"\xff\xff")
+    refused = run_cli("verify", *common)
+    assert refused.returncode == 4 and "integrity check" in refused.stderr, refused.stderr[-2000:]

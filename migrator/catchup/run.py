@@ -22,11 +22,12 @@ import asyncio
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-from migrator import ledger
+from migrator import ledger, snapshot as snap
 from migrator.catalog import schema as cat
 from migrator.catchup import pages, steps as steps_mod, vectors as catchup_vectors
 from migrator.catchup.delta import TableDelta, candidates_delta, table_delta
@@ -71,10 +72,12 @@ class CatchUpReport:
         return "\n".join(lines)
 
 
-async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True) -> CatchUpReport:
+async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True,
+                  durable: Callable[[], object] | None = None) -> CatchUpReport:
     """Apply the delta from `old` (the snapshot the target holds) to ctx.snapshot (S2); see the module docstring.
     statistics=False: the changed tables' statistics are left to `analyze` (after READY: they do not decide what the
-    target holds)."""
+    target holds). durable: waits until the new snapshot's files are on disk (called, in a thread, before the target
+    records that it holds it: after a crash the next catch-up must find those files as they were read)."""
     new, plan = ctx.snapshot, ctx.plan
     report = CatchUpReport(old.snapshot_id, new.snapshot_id)
     conn = await pgt.connect(ctx.settings.target_url, bulk=True)
@@ -114,6 +117,8 @@ async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True) ->
         clock.lap("rows")
         report.vectors = await catchup_vectors.apply(ctx, old, policies)
         clock.lap("vectors")
+        if durable is not None:
+            await asyncio.to_thread(durable)
         await _finish(conn, plan.schema, run["run_id"], new)
         report.changed_tables = [t.name for t in changed]
         if statistics:
@@ -272,7 +277,7 @@ def _vector_changes(old: Snapshot, new: Snapshot) -> str:
 
 
 def _files(s: Snapshot) -> list:
-    return sorted((f["path"], f.get("sha256")) for f in s.files if f["path"].startswith("vector_db/"))
+    return sorted((f["path"], snap.identity(f)) for f in s.files if f["path"].startswith("vector_db/"))
 
 
 async def _refuse_foreign_writes(conn: asyncpg.Connection, schema: str, old: Snapshot, tables: list[TablePlan],
