@@ -147,11 +147,12 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
                                                                        defer_checks=then_verify, sync=False)
         syncing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         durable = syncing.submit(snap.sync, new)  # written back while the delta is found; awaited before `finish`
-        with _timed(progress, "plan"):
-            p = asyncio.run(plan_stage.build(settings, new, scan=False))
+        with _timed(progress, "plan"):  # its vector part comes beside the delta (catchup.execute)
+            p = asyncio.run(plan_stage.build(settings, new, scan=False, vectors=False))
         try:
             report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
-                                                 statistics=not then_verify, durable=durable.result))
+                                                 statistics=not then_verify, durable=durable.result,
+                                                 plan_vectors=True))
         finally:
             syncing.shutdown(wait=True)
         with _timed(progress, "promote"):

@@ -53,6 +53,9 @@ class Snapshot:
     tool_version: str = __version__
     deferred: list[str] = field(default_factory=list)  # SQLite files whose quick_check and SHA-256 are still due
 
+    # not in the manifest: the page diffs `take(previous=)` found, by file (a resumed catch-up finds none)
+    page_diffs = None
+
 
     @property
     def db_path(self) -> Path:
@@ -313,10 +316,12 @@ def _describe(directory: Path, source: Path, vector: dict | None, *, previous: S
     paths = sorted(p for p in directory.rglob("*") if p.is_file())
     before = {f["path"]: f for f in previous.files} if previous is not None else {}
 
+    diffs: dict = {}
+
     def entry(path: Path) -> dict:
         rel = str(path.relative_to(directory))
         if rel in SQLITE_FILES and rel in before:
-            return _derived_entry(directory, path, previous, before[rel]) or _file_entry(directory, path)
+            return _derived_entry(directory, path, previous, before[rel], diffs) or _file_entry(directory, path)
         return _file_entry(directory, path)
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # hashing (GIL released) overlaps the row counts
@@ -333,9 +338,11 @@ def _describe(directory: Path, source: Path, vector: dict | None, *, previous: S
         from migrator.sources.chroma import store as chroma_files
 
         vector.update(chroma_files.describe_store(directory / VECTOR_DIR))
-    return Snapshot(snapshot_id=digest[:32], directory=str(directory), source_revision=revision,
-                    row_counts=counts, files=files, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-                    source={"database": str(source)}, vector_store=vector)
+    out = Snapshot(snapshot_id=digest[:32], directory=str(directory), source_revision=revision,
+                   row_counts=counts, files=files, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                   source={"database": str(source)}, vector_store=vector)
+    out.page_diffs = diffs
+    return out
 
 
 def identity(entry: dict) -> str:
@@ -346,10 +353,11 @@ def identity(entry: dict) -> str:
     return entry["sha256"]
 
 
-def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict) -> dict | None:
+def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict, diffs: dict) -> dict | None:
     """A SQLite file identified by what differs from the previous snapshot's copy: the pages that differ (numbers
     and new bytes) and the new length, hashed with the previous snapshot's id. Unchanged: the previous entry's
-    identity. None when the two cannot be compared by page (then the whole file is hashed)."""
+    identity. None when the two cannot be compared by page (then the whole file is hashed). The page diff is kept
+    in diffs[path] (the catch-up's delta starts from it instead of comparing the files again)."""
     from migrator.catchup import pages
 
     rel = str(path.relative_to(root))
@@ -358,6 +366,7 @@ def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict) -> 
     if diff is None or size % diff.page_size:
         return None
     changed = sorted(diff.differing | set(range(diff.common + 1, size // diff.page_size + 1)))
+    diffs[rel] = diff
     os.chmod(path, 0o600)
     if not changed and size == before["bytes"]:
         return {k: v for k, v in before.items() if k in ("path", "bytes", "sha256", "derived")}

@@ -220,3 +220,20 @@ def test_checks_left_after_ready_are_done_by_the_next_command(tmp_path, target_u
         f.write(b"\xff\xff")
     refused = run_cli("verify", *common)
     assert refused.returncode == 4 and "integrity check" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_catch_up_refuses_a_chroma_store_it_cannot_read(tmp_path, target_url):
+    """HridaAI upgraded chromadb in between (its store now at a schema the installed one does not know): catch-up
+    refuses before writing anything, instead of leaving the store's changes out."""
+    data, common = _installed(tmp_path, target_url)
+    _change(data)
+    store = sqlite3.connect(data / "vector_db" / "chroma.sqlite3")
+    store.execute("INSERT INTO migrations (dir, version, filename, sql, hash) VALUES ('sysdb', 999, "
+                  "'00999-future.sqlite.sql', '', '')")
+    store.commit()
+    store.close()
+    before = query(target_url, "SELECT count(*) FROM hridaai_migrate.step")[0][0]
+    done = run_cli("catch-up", *common)
+    assert done.returncode == 4 and "Chroma store cannot be read" in done.stderr, done.stderr[-2000:]
+    assert "newer chromadb" in done.stderr and "Traceback" not in done.stderr
+    assert query(target_url, "SELECT count(*) FROM hridaai_migrate.step")[0][0] == before

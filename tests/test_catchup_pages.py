@@ -195,3 +195,18 @@ def test_a_file_that_is_not_as_the_format_says_is_not_walked(tmp_path):
     new.write_bytes(bytes(data))
     with btree.File(new) as f, pytest.raises(btree.Unreadable):
         f.tree(root.root)
+
+
+def test_a_diff_found_by_the_snapshot_is_used_as_is(tmp_path):
+    """catch-up's snapshot hands the page diff it found to the delta (known=): the same candidates as comparing the
+    files again, and a diff of other files is not taken."""
+    old, new = _pair(tmp_path, _edit_like_hridaai)
+    a, b = (sqlite3.connect(f"file:{p}?mode=ro&immutable=1", uri=True, check_same_thread=False) for p in (old, new))
+    fresh = pages.Pages.open(old, new, a, b)
+    known = pages.compare(old, new)
+    given = pages.Pages.open(old, new, a, b, known=known)
+    assert given.diff.differing is known.differing
+    other = pages.PageDiff(tmp_path / "elsewhere.db", new, known.page_size, set(), known.common)
+    assert pages.Pages.open(old, new, a, b, known=other).diff.differing == fresh.diff.differing != set()
+    for (name,) in b.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        assert given.candidates(name) == fresh.candidates(name), name

@@ -154,14 +154,18 @@ class Pages:
         self.diff, self._old, self._new_pages, self._roots = diff, old, new_pages, roots
 
     @classmethod
-    def open(cls, old_path: Path, new_path: Path, old: sqlite3.Connection, new: sqlite3.Connection) -> Pages | None:
+    def open(cls, old_path: Path, new_path: Path, old: sqlite3.Connection, new: sqlite3.Connection,
+             known: PageDiff | None = None) -> Pages | None:
         """None when the files cannot be compared by page (then every table is compared whole). The comparison runs
         while both files' b-trees are walked (numpy leaves the GIL); when they cannot be, or an overflow page
         changed under an unchanged leaf, the page lists come from dbstat: the new file's all at once, the old
-        file's per changed table."""
+        file's per changed table. known: the diff of these two files found before (by the snapshot), if any."""
         roots = (_roots(old), _roots(new))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(compare, old_path, new_path)
+            if known is not None and known.old == old_path:
+                pending = pool.submit(PageDiff, old_path, new_path, known.page_size, known.differing, known.common)
+            else:
+                pending = pool.submit(compare, old_path, new_path)
             walked = _walk(old_path, new_path, _trees(old), _trees(new))
             diff = pending.result()
         if diff is None:

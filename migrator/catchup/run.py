@@ -40,6 +40,7 @@ from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
 from migrator.sources.chroma import direct as chroma_direct
 from migrator.targets import postgres as pgt
+from migrator.vectors import plan as vectors_plan
 
 PREFIX = "catchup:"
 
@@ -73,11 +74,12 @@ class CatchUpReport:
 
 
 async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True,
-                  durable: Callable[[], object] | None = None) -> CatchUpReport:
+                  durable: Callable[[], object] | None = None, plan_vectors: bool = False) -> CatchUpReport:
     """Apply the delta from `old` (the snapshot the target holds) to ctx.snapshot (S2); see the module docstring.
     statistics=False: the changed tables' statistics are left to `analyze` (after READY: they do not decide what the
     target holds). durable: waits until the new snapshot's files are on disk (called, in a thread, before the target
-    records that it holds it: after a crash the next catch-up must find those files as they were read)."""
+    records that it holds it: after a crash the next catch-up must find those files as they were read).
+    plan_vectors: ctx.plan was built without its vector part (vectors=False): it is built here, beside the delta."""
     new, plan = ctx.snapshot, ctx.plan
     report = CatchUpReport(old.snapshot_id, new.snapshot_id)
     conn = await pgt.connect(ctx.settings.target_url, bulk=True)
@@ -93,8 +95,10 @@ async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True,
         plan.policies = policies  # the run's, as the load converted S1 (the writer reads them from the plan)
         tables = sorted((t for t in plan.tables if t.action == "load"), key=lambda t: (t.order, t.name))
         clock = _Clock(ctx)
-        deltas = await asyncio.to_thread(_deltas, old, new, tables)
+        deltas, _ = await asyncio.gather(asyncio.to_thread(_deltas, old, new, tables),
+                                         _vector_plan(ctx) if plan_vectors else asyncio.sleep(0))
         clock.lap("delta")
+        _refuse_an_unreadable_store(plan, old, new)
         _refuse_what_it_cannot_apply(old, new, tables, deltas)
         quarantined = {t.name: await ledger.quarantine_keys(conn, t.name) for t in tables}
         for t in tables:  # rows quarantined before: decided again (a parent may have arrived, a value been fixed)
@@ -166,7 +170,7 @@ def _deltas(old: Snapshot, new: Snapshot, tables: list[TablePlan]) -> dict[str, 
     whole merge otherwise."""
     a, b = (src.connect(s.db_path, immutable=True) for s in (old, new))
     try:
-        by_page = pages.Pages.open(old.db_path, new.db_path, a, b)
+        by_page = pages.Pages.open(old.db_path, new.db_path, a, b, known=(new.page_diffs or {}).get(snap.DB_NAME))
         deltas = {}
         for t in tables:
             columns = _columns(a, b, t)
@@ -256,6 +260,23 @@ def _refuse_what_it_cannot_apply(old: Snapshot, new: Snapshot, tables: list[Tabl
     if changed:
         raise PreflightError(f"the Chroma store changed in a way catch-up cannot follow: {changed}",
                              hint="migrate again into an empty target")
+
+
+async def _vector_plan(ctx: RunContext) -> None:
+    """The plan's vector part (the Chroma store described, id collisions found): in a thread of its own, with its
+    own event loop, while the delta is found."""
+    await asyncio.to_thread(asyncio.run, vectors_plan.build(ctx.settings, ctx.snapshot, ctx.plan, scan=False))
+
+
+def _refuse_an_unreadable_store(plan, old: Snapshot, new: Snapshot) -> None:
+    """Before anything is written: the new snapshot's Chroma store must be one the plan could read (else its
+    changes would be left out)."""
+    if plan.vectors or new.vector_path is None or old.vector_path is None:
+        return
+    found = [c for c in plan.errors if c.code.startswith("vector")]
+    raise PreflightError("the new snapshot's Chroma store cannot be read: its changes cannot be carried",
+                         detail="; ".join(f"{c.code}: {c.message}" for c in found) or None,
+                         hint=next((c.hint for c in found if c.hint), "run `migrate plan` for the reason"))
 
 
 def _vector_changes(old: Snapshot, new: Snapshot) -> str:

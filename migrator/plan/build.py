@@ -31,10 +31,11 @@ _CONVERSIONS = {
 }
 
 
-async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) -> Plan:
+async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True, vectors: bool = True) -> Plan:
     """Inspect snapshot and target and return the Plan (read-only on both sides).
 
     scan=True also runs every value through the converters to list what each policy will do (with keys).
+    vectors=False leaves plan.vectors to the caller (`vectors_plan.build`; catch-up runs it beside its delta).
 
     Raises nothing for what it finds: every problem becomes a Check in the plan (errors make `run` refuse, exit 4);
     only an unreadable snapshot or work dir raises (PreflightError / WorkDirError).
@@ -58,7 +59,8 @@ async def build(settings: Settings, snapshot: Snapshot, *, scan: bool = True) ->
                 plan.checks += chk.conversion_scan(conn, plan)
     finally:
         conn.close()
-    await vectors_plan.build(settings, snapshot, plan, scan=scan)
+    if vectors:
+        await vectors_plan.build(settings, snapshot, plan, scan=scan)
     return plan
 
 
