@@ -143,15 +143,25 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
         if old.deferred:  # a catch-up --then-verify ended after READY, before checking the snapshot it promoted
             old = _complete_checks(settings, old)
         with _timed(progress, "snapshot"):
-            new = snap.find(settings, name=NEXT_SNAPSHOT) or snap.take(settings, name=NEXT_SNAPSHOT, previous=old,
-                                                                       defer_checks=then_verify, sync=False)
+            new = snap.find(settings, name=NEXT_SNAPSHOT)
+            if new is not None:  # a catch-up cut off: a source it links to must still be what it read
+                snap.check_linked_sources(new.linked)
+            new = new or snap.take(settings, name=NEXT_SNAPSHOT, previous=old, defer_checks=then_verify, sync=False,
+                                   link=then_verify)
+        linked = dict(new.linked)  # --then-verify: read in place, copied in after READY (_complete_checks)
         syncing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
-        durable = syncing.submit(snap.sync, new)  # written back while the delta is found; awaited before `finish`
+        pending = syncing.submit(snap.sync, new) if not then_verify else None  # beside the delta and the writes
+
+        def durable():  # before the target records the snapshot: on disk (--then-verify: its fsync comes after
+            if pending is not None:  # READY), and no linked source written while it was read
+                pending.result()
+            snap.check_linked_sources(linked)
+
         with _timed(progress, "plan"):  # its vector part comes beside the delta (catchup.execute)
             p = asyncio.run(plan_stage.build(settings, new, scan=False, vectors=False))
         try:
             report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
-                                                 statistics=not then_verify, durable=durable.result,
+                                                 statistics=not then_verify, durable=durable,
                                                  plan_vectors=True))
         finally:
             syncing.shutdown(wait=True)
@@ -163,7 +173,6 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
 
         async def pinned_verify():
             urls = [settings.target_url] + ([settings.pgvector_url] if p.vectors and settings.pgvector_url else [])
-            ctx = RunContext(settings, await plan_stage.build(settings, new, scan=False), new)  # the promoted files
             conn = await pgt.connect(settings.target_url)  # before the pin: ANALYZE writes statistics
             try:
                 async with pgt.pinned(urls):
@@ -171,10 +180,11 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
                     progress.event("catch-up", phase="ready", snapshot=new.snapshot_id)
                     log.warning("READY: the target holds snapshot %s; HridaAI may start on it now (verify goes on "
                                 "reading the state catch-up left)", new.snapshot_id)
-                    await catchup.analyze(conn, ctx.plan.schema, report.changed_tables)  # not part of the window
+                    await catchup.analyze(conn, p.schema, report.changed_tables)  # not part of the window
+                    await asyncio.to_thread(_complete_checks, settings, new, after_ready=True)  # in place; fsync
                     await asyncio.to_thread(snap.sweep, settings)  # the previous snapshot, set aside by promote
-                    await asyncio.to_thread(_complete_checks, settings, new, after_ready=True)  # in place
-                    return await verify_stage.check(ctx, sample_size=settings.sample_size)
+                    # the catch-up's plan (same snapshot id and content; paths are the snapshot's, promoted)
+                    return await verify_stage.check(RunContext(settings, p, new), sample_size=settings.sample_size)
             finally:
                 await pgt.close_quietly(conn)
 
@@ -203,7 +213,7 @@ def _complete_checks(settings: Settings, s: snap.Snapshot, *, after_ready: bool 
     except PreflightError as exc:
         if not after_ready:
             raise
-        raise PreflightError(f"the snapshot catch-up applied fails SQLite's integrity check: {exc.message}",
+        raise PreflightError(f"the snapshot catch-up applied does not pass its checks: {exc.message}",
                              detail=exc.detail,
                              hint="HridaAI may already run on the target caught up from it: stop it, go back to "
                                   "the SQLite install (the source is untouched), repair it (sqlite3 .recover) and "

@@ -52,6 +52,7 @@ class Snapshot:
     format_version: int = FORMAT_VERSION
     tool_version: str = __version__
     deferred: list[str] = field(default_factory=list)  # SQLite files whose quick_check and SHA-256 are still due
+    linked: dict[str, dict] = field(default_factory=dict)  # SQLite files read in place until `materialize` copies them
 
     # not in the manifest: the page diffs `take(previous=)` found, by file (a resumed catch-up finds none)
     page_diffs = None
@@ -84,14 +85,18 @@ class Snapshot:
 
 
 def take(settings: Settings, *, name: str = SNAPSHOT_DIR, previous: Snapshot | None = None,
-         defer_checks: bool = False, sync: bool = True) -> Snapshot:
+         defer_checks: bool = False, sync: bool = True, link: bool = False) -> Snapshot:
     """Copy the source into WORK_DIR/<name> (default `snapshot`; `catch-up` takes `snapshot-next` beside the one the
     target holds) atomically (temp dir + rename) and write its manifest.
 
     previous (catch-up): the snapshot the target holds. Each SQLite file of the new one is then identified by the
     pages that differ from the previous one's (a `derived` entry: their numbers and bytes hashed, with the previous
     snapshot's id), not by hashing the whole file. defer_checks: those files' quick_check and whole SHA-256 are left
-    to `complete_checks` (catch-up --then-verify runs them after READY, before its verify).
+    to `complete_checks` (catch-up --then-verify runs them after READY, before its verify). sync=False: the SQLite
+    copies are not fsynced here; the caller runs `sync` before anything relies on them surviving a crash (catch-up:
+    while it finds the delta, before the target records the snapshot). link (with previous): a SQLite file that
+    nothing writes (live.quiescent: no lock, no journal, no WAL content) is not copied now but linked and read in
+    place; `materialize` must then copy it in (proving it unchanged): `complete_checks` does, after READY.
 
     One snapshot at a time per work dir (a file lock); a killed snapshot leaves only a temp dir, removed next time.
 
@@ -109,7 +114,8 @@ def take(settings: Settings, *, name: str = SNAPSHOT_DIR, previous: Snapshot | N
         tmp = Path(tempfile.mkdtemp(prefix=f".{SNAPSHOT_DIR}.", suffix=".tmp", dir=work))
         old_umask = os.umask(0o077)
         try:
-            snap = _copy_into(tmp, source, settings, previous=previous, defer_checks=defer_checks, sync=sync)
+            snap = _copy_into(tmp, source, settings, previous=previous, defer_checks=defer_checks, sync=sync,
+                              link=link and previous is not None and settings.sqlcipher_key is None)
             final = work / name
             if final.exists():
                 os.replace(final, tmp.with_suffix(".old.tmp"))  # a manifest never survives without its files
@@ -128,23 +134,27 @@ def take(settings: Settings, *, name: str = SNAPSHOT_DIR, previous: Snapshot | N
 
 
 def _copy_into(tmp: Path, source: Path, settings: Settings, *, previous: Snapshot | None = None,
-               defer_checks: bool = False, sync: bool = True) -> Snapshot:
+               defer_checks: bool = False, sync: bool = True, link: bool = False) -> Snapshot:
     """The database and the vector store are copied at the same time (both wait on I/O and SQLite, not Python);
     then the copy's quick_check, its fsync, hashing and row counts run together (each reads or writes the copy
     on its own; measured 6.4 -> 4.7 s for a 935 MB database)."""
     db = tmp / DB_NAME
     check = not (defer_checks and previous is not None)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR, check=check, sync=sync)]
+        linked: dict[str, dict] = {}
+        jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR, check=check, sync=sync,
+                            linked=linked if link else None)]
         try:
-            live.backup(source, db, key=settings.sqlcipher_key)
-            jobs += [pool.submit(_fsync, db)] if sync else []
+            if not (link and _linked(source, db, linked)):
+                live.backup(source, db, key=settings.sqlcipher_key)
+                jobs += [pool.submit(_fsync, db)] if sync else []
             if check:
                 jobs += [pool.submit(_check_copy, source, db, key=settings.sqlcipher_key)]
             vector = jobs[0].result()
             snap = _describe(tmp, source, vector, previous=previous)
             if not check:
                 snap.deferred = sorted(f["path"] for f in snap.files if "derived" in f)
+            snap.linked = {str(Path(k).relative_to(tmp)): v for k, v in linked.items()}
         finally:
             wait(jobs)  # never leave a job running on a directory the caller may remove
         for job in jobs:
@@ -197,6 +207,16 @@ def promote(settings: Settings, name: str, *, set_aside: bool = False) -> Snapsh
     found = find(settings)
     assert found is not None
     return found
+
+
+def find_set_aside(settings: Settings) -> Snapshot | None:
+    """The snapshot `promote(set_aside=True)` kept (until `sweep`), or None."""
+    path = settings.work_dir / PROMOTED / MANIFEST
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    doc["directory"] = str(path.parent)
+    return Snapshot(**doc)
 
 
 def sweep(settings: Settings) -> None:
@@ -261,7 +281,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sync: bool = True) -> dict | None:
+def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sync: bool = True,
+                       linked: dict | None = None) -> dict | None:
     """chroma.sqlite3 through the backup API, segment folders as files (dirs 0700, files 0600), of one moment: the
     folders are copied before the database, and the copy is taken again when any of their files changed between
     the start of the folders' copy and the end of the database's (a persist of chromadb's, HridaAI running)."""
@@ -279,9 +300,10 @@ def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sy
             if entry.is_dir():
                 shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
         try:
-            live.backup(db, dest / db.name, key=None)
-            if check:
-                _check_copy(db, dest / db.name, key=None)
+            if not (linked is not None and _linked(db, dest / db.name, linked)):
+                live.backup(db, dest / db.name, key=None)
+                if check:
+                    _check_copy(db, dest / db.name, key=None)
         except (PreflightError, UsageError) as exc:
             raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
                                  hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
@@ -294,7 +316,7 @@ def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sy
         raise TransientError("Chroma's segment files kept changing while they were copied (HridaAI persisting "
                              "collections)", detail=f"{store}: {SEGMENT_ATTEMPTS} attempts",
                              hint="run the same command again, or while HridaAI is stopped")
-    if sync:
+    if sync and not (dest / db.name).is_symlink():
         _fsync(dest / db.name)
     private_tree(dest)
     return {"path": str(store)}
@@ -353,21 +375,23 @@ def identity(entry: dict) -> str:
     return entry["sha256"]
 
 
-def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict, diffs: dict) -> dict | None:
+def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict, diffs: dict,
+                   rel: str | None = None) -> dict | None:
     """A SQLite file identified by what differs from the previous snapshot's copy: the pages that differ (numbers
     and new bytes) and the new length, hashed with the previous snapshot's id. Unchanged: the previous entry's
     identity. None when the two cannot be compared by page (then the whole file is hashed). The page diff is kept
     in diffs[path] (the catch-up's delta starts from it instead of comparing the files again)."""
     from migrator.catchup import pages
 
-    rel = str(path.relative_to(root))
+    rel = rel or str(path.relative_to(root))
     diff = pages.compare(Path(previous.directory) / rel, path)
     size = path.stat().st_size
     if diff is None or size % diff.page_size:
         return None
     changed = sorted(diff.differing | set(range(diff.common + 1, size // diff.page_size + 1)))
     diffs[rel] = diff
-    os.chmod(path, 0o600)
+    if not path.is_symlink():  # a linked file is the source's: never touched
+        os.chmod(path, 0o600)
     if not changed and size == before["bytes"]:
         return {k: v for k, v in before.items() if k in ("path", "bytes", "sha256", "derived")}
     h = hashlib.sha256(f"{previous.snapshot_id}:{rel}:{size}".encode())
@@ -380,15 +404,100 @@ def _derived_entry(root: Path, path: Path, previous: Snapshot, before: dict, dif
                                                     "sha256": h.hexdigest()}}
 
 
+def _linked(source: Path, dest: Path, linked: dict) -> bool:
+    """Link `dest` to `source` when nothing writes it (live.quiescent), recording what the file was then (its
+    stat); False (nothing done) otherwise."""
+    if not live.quiescent(source):
+        return False
+    target = source.resolve()
+    os.symlink(target, dest)
+    linked[str(dest)] = {"source": str(target), "stat": _stat(target.stat())}
+    return True
+
+
+def _stat(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def materialize(snapshot: Snapshot, previous: Snapshot, *, sync: bool = True) -> Snapshot:
+    """The linked files of a snapshot taken with link=True copied in (fsynced unless sync=False: then
+    `complete_checks` does it), each proven to hold what was read in place: the same pages differ from `previous`'s
+    copy with the same bytes (its derived identity), and the source was not written since it was linked.
+    TransientError (exit 75) otherwise: the source changed."""
+    root = Path(snapshot.directory)
+    entries = {f["path"]: f for f in snapshot.files}
+    for rel, was in sorted(snapshot.linked.items()):
+        link = root / rel
+        tmp = link.with_name(f".{link.name}.copy.tmp")
+        source = Path(was["source"])
+        shutil.copyfile(source, tmp)
+        if sync:
+            _fsync(tmp)
+        os.chmod(tmp, 0o600)
+        found = _derived_entry(root, tmp, previous, entries[rel], {}, rel=rel)
+        if found is None or identity(found) != identity(entries[rel]) or not unchanged_source(was):
+            tmp.unlink(missing_ok=True)
+            raise _changed(source)
+        os.replace(tmp, link)
+    if snapshot.linked:
+        snapshot.linked = {}
+        write_json(root / MANIFEST, snapshot.asdict(), what="the snapshot")
+    return snapshot
+
+
+def unchanged_source(was: dict) -> bool:
+    """Whether a linked source file is as it was when linked (nothing wrote it since)."""
+    try:
+        return _stat(os.stat(was["source"])) == was["stat"]
+    except OSError:
+        return False
+
+
+def check_linked_sources(linked: dict) -> None:
+    """TransientError (exit 75) when a file `take(link=True)` linked was written since."""
+    for was in linked.values():
+        if not unchanged_source(was):
+            raise _changed(Path(was["source"]))
+
+
+def _changed(source: Path) -> TransientError:
+    return TransientError(f"{source.name} changed while catch-up read it: is HridaAI still running?",
+                          detail=f"{source}: written after catch-up took its snapshot",
+                          hint="stop HridaAI (every replica) and run `migrate catch-up` again; if this catch-up had "
+                               "already written to the target, it refuses to go on with a changed source: then "
+                               "migrate again into an empty target")
+
+
 def complete_checks(settings: Settings, snapshot: Snapshot) -> Snapshot:
-    """The checks `take(defer_checks=True)` left: each deferred SQLite file's quick_check, and its whole SHA-256
-    added to the manifest. PreflightError (exit 4) when a copy fails the check."""
+    """The checks `take(defer_checks=True)` left, once the files are on disk: each deferred SQLite file fsynced, its
+    quick_check, its derived identity proven again against the previous snapshot while `promote` keeps that one set
+    aside (the copy is what was read, also after a crash before it reached the disk), and its whole SHA-256 added to
+    the manifest. PreflightError (exit 4) when a copy fails."""
     if not snapshot.deferred:
         return snapshot
+    aside = find_set_aside(settings)
+    if snapshot.linked:  # read in place until now: copied in, proven to be what was read
+        if aside is None:
+            raise PreflightError("the snapshot still reads source files in place, and the snapshot it was derived "
+                                 "from is gone", detail=", ".join(sorted(snapshot.linked)),
+                                 hint="migrate again into an empty target (`migrate run` with a new --work-dir)")
+        materialize(snapshot, aside, sync=False)
     root = Path(snapshot.directory)
+    for rel in snapshot.deferred:
+        _fsync(root / rel)
+    entries = {f["path"]: f for f in snapshot.files}
     with ThreadPoolExecutor(max_workers=2) as pool:
         checks = [pool.submit(_check_copy, root / rel, root / rel, key=settings.sqlcipher_key if rel == DB_NAME
                               else None) for rel in snapshot.deferred]
+        for rel in snapshot.deferred:
+            derived = entries[rel].get("derived")
+            if aside is not None and derived and derived["from"] == aside.snapshot_id:
+                again = _derived_entry(root, root / rel, aside, entries[rel], {})
+                if again is None or identity(again) != identity(entries[rel]):
+                    raise PreflightError(f"the snapshot's {rel} is not what catch-up read (damaged before it "
+                                         "reached the disk?)", detail=str(root / rel),
+                                         hint="the target holds what was read: check the machine's disk; then "
+                                              "migrate again into an empty target")
         sums = {rel: _file_entry(root, root / rel)["sha256"] for rel in snapshot.deferred}
         for job in checks:
             job.result()
@@ -405,5 +514,6 @@ def _file_entry(root: Path, path: Path) -> dict:
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    os.chmod(path, 0o600)
+    if not path.is_symlink():
+        os.chmod(path, 0o600)
     return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": h.hexdigest()}

@@ -21,7 +21,8 @@ def ensure_private_dir(path: Path) -> Path:
 def private_tree(root: Path) -> None:
     """Directories 0700 and files 0600 under root (copytree copies the source's modes onto directories)."""
     for path in [root, *root.rglob("*")]:
-        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+        if not path.is_symlink():  # a snapshot's link to a source file: the source's mode is not ours to change
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
 
 
 def write_private(path: Path, text: str | Iterable[str], *, what: str | None = None) -> Path:

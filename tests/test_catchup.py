@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from conftest import MIGRATE, ROOT, SMALL, file_digest, query, run_cli, stopped_at_failpoint
+from migrator import snapshot as snap
 
 
 def _installed(tmp_path, target_url) -> tuple:
@@ -185,41 +186,70 @@ def test_then_verify_reads_the_pinned_state_while_hridaai_writes(tmp_path, targe
     assert plain.returncode == 3 and "chat" in plain.stdout  # what HridaAI wrote is there, unpinned
 
 
-def test_checks_left_after_ready_are_done_by_the_next_command(tmp_path, target_url):
-    """Killed at READY, before the promoted snapshot's quick_check and SHA-256: `verify` does them first (and a
-    copy that fails the check is refused, named, not compared)."""
-    data, common = _installed(tmp_path, target_url)
-    _change(data)
+def _to_ready_then_killed(common: list[str]) -> None:
     json_log = [a if a != "none" else "json" for a in common]  # the failpoint is a progress event's
     proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
     assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _settings(tmp_path, data):
+    from migrator import settings as settings_mod
+    return settings_mod.build({"data_dir": str(data), "work_dir": str(tmp_path / "w"),
+                               "target": "postgresql://nobody@localhost/none"}, {})
+
+
+def test_checks_left_after_ready_are_done_by_the_next_command(tmp_path, target_url):
+    """Killed at READY, the source still read in place, before the promoted snapshot's copy, quick_check and SHA-256:
+    `verify` does them first; a copy that is not what catch-up read, or fails SQLite's check, is refused, named."""
+    data, common = _installed(tmp_path, target_url)
+    _change(data)
+    _to_ready_then_killed(common)
     manifest = tmp_path / "w" / "snapshot" / "manifest.json"
-    assert json.loads(manifest.read_text())["deferred"] == ["hridaai.db"]
+    copy = tmp_path / "w" / "snapshot" / "hridaai.db"
+    assert json.loads(manifest.read_text())["deferred"] == ["hridaai.db"] and copy.is_symlink()
     done = run_cli("verify", *common)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert json.loads(manifest.read_text())["deferred"] == []
+    assert json.loads(manifest.read_text())["deferred"] == [] and not copy.is_symlink()
+    assert file_digest(copy) == file_digest(data / "hridaai.db")
 
-    copy = tmp_path / "w" / "snapshot" / "hridaai.db"
     db = sqlite3.connect(data / "hridaai.db")
     db.execute("UPDATE chat SET title = title || '!'")
     db.commit()
     db.close()
-    proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "ready"})
-    assert stopped_at_failpoint(proc, 300), "catch-up --then-verify ended before READY"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with open(copy, "r+b") as f:  # damage the promoted copy's b-tree: a page's cell count far beyond its size
+    _to_ready_then_killed(common)
+    cfg = _settings(tmp_path, data)
+    snap.materialize(snap.find(cfg), snap.find_set_aside(cfg), sync=False)  # copied in, not yet checked
+    assert not copy.is_symlink()
+    with open(copy, "r+b") as f:  # damage the copy's b-tree: a page's cell count far beyond its size
         page_size = int.from_bytes(f.read(18)[16:18], "big")
         root = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True).execute(
             "SELECT rootpage FROM sqlite_master WHERE name = 'chat'").fetchone()[0]
         f.seek((root - 1) * page_size + 3)
         f.write(b"\xff\xff")
+    refused = run_cli("verify", *common)  # the pages read, hashed again against the snapshot set aside
+    assert refused.returncode == 4 and "not what catch-up read" in refused.stderr, refused.stderr[-2000:]
+    shutil.rmtree(tmp_path / "w" / snap.PROMOTED)  # without it: SQLite's quick_check
     refused = run_cli("verify", *common)
     assert refused.returncode == 4 and "integrity check" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_source_written_after_ready_before_its_copy_is_refused(tmp_path, target_url):
+    """HridaAI started on the old SQLite file after READY, before catch-up copied what it had read in place: the copy
+    cannot be proven, and is not made (exit 75, the file named); nothing is verified against it."""
+    data, common = _installed(tmp_path, target_url)
+    _change(data)
+    _to_ready_then_killed(common)
+    db = sqlite3.connect(data / "hridaai.db")
+    db.execute("UPDATE chat SET title = 'written after READY'")
+    db.commit()
+    db.close()
+    refused = run_cli("verify", *common)
+    assert refused.returncode == 75 and "changed while catch-up read it" in refused.stderr, refused.stderr[-2000:]
+    assert (tmp_path / "w" / "snapshot" / "hridaai.db").is_symlink()
+    assert "Traceback" not in refused.stderr
 
 
 def test_catch_up_refuses_a_chroma_store_it_cannot_read(tmp_path, target_url):

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from migrator.errors import PreflightError, TransientError
+from migrator.errors import PreflightError, TransientError, UsageError
 from migrator.sources import sqlite as src
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,30 @@ def backup(source: Path, dest: Path, *, key: str | None) -> None:
                 noted = now
                 log.warning("waiting for the writer that holds %s (%.0f s of %.0f s)", source.name, now - started, wait)
             time.sleep(0.2)
+
+
+def quiescent(source: Path) -> bool:
+    """Whether nothing writes `source` now: no `-journal` and no WAL content beside it, and a read transaction gets
+    its SHARED lock at once (no writer holds the file). Then the file alone is the database, as it stands."""
+    if source.with_name(source.name + "-journal").exists():
+        return False
+    wal = source.with_name(source.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return False
+    try:
+        conn = src.connect(source)
+    except (PreflightError, UsageError):
+        return False
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return True
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        if conn.in_transaction:
+            conn.rollback()
+        conn.close()
 
 
 def _wait_seconds() -> float:
