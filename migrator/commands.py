@@ -144,8 +144,10 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
             old = _complete_checks(settings, old)
         with _timed(progress, "snapshot"):
             new = snap.find(settings, name=NEXT_SNAPSHOT)
-            if new is not None:  # a catch-up cut off: a source it links to must still be what it read
-                snap.check_linked_sources(new.linked)
+            if new is not None and not _linked_unchanged(new):  # a catch-up cut off, its source written since:
+                if asyncio.run(_applied_any(settings, new)):  # its writes were of what it read: no way on
+                    snap.check_linked_sources(new.linked)
+                new = None  # nothing written from it: a new snapshot, of the source as it is now
             new = new or snap.take(settings, name=NEXT_SNAPSHOT, previous=old, defer_checks=then_verify, sync=False,
                                    link=then_verify)
         linked = dict(new.linked)  # --then-verify: read in place, copied in after READY (_complete_checks)
@@ -162,7 +164,8 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
         try:
             report = asyncio.run(catchup.execute(RunContext(settings, p, new, progress), old,
                                                  statistics=not then_verify, durable=durable,
-                                                 plan_vectors=True))
+                                                 plan_vectors=True,
+                                                 unchanged=lambda: snap.check_linked_sources(linked)))
         finally:
             syncing.shutdown(wait=True)
         with _timed(progress, "promote"):
@@ -204,6 +207,26 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
 
 
 READY_FILE = "catch-up-ready"
+
+
+def _linked_unchanged(s: snap.Snapshot) -> bool:
+    try:
+        snap.check_linked_sources(s.linked)
+        return True
+    except TransientError:
+        return False
+
+
+async def _applied_any(settings: Settings, s: snap.Snapshot) -> bool:
+    """Whether a catch-up to snapshot `s` committed any step on the target."""
+    from migrator.catchup.run import PREFIX
+    from migrator.targets import postgres as pgt
+
+    conn = await pgt.connect(settings.target_url)
+    try:
+        return any(n.startswith(f"{PREFIX}{s.snapshot_id}:") for n in await ledger.steps(conn))
+    finally:
+        await pgt.close_quietly(conn)
 
 
 def _complete_checks(settings: Settings, s: snap.Snapshot, *, after_ready: bool = False) -> snap.Snapshot:

@@ -9,7 +9,8 @@ dict lookup per event.
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
 groups have not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
-catch-up (a step, the removals or writes of one table or collection, has just committed), ready (`--then-verify`:
+delta (the delta is found: nothing written yet), catch-up (a step, the removals or writes of one table or
+collection, has just committed), ready (`--then-verify`:
 the target's state is pinned and READY announced, verify has not started); and of `migrate files`:
 upload (an object's first part has been sent, the upload is not complete), files (a row's rewrite has just
 committed).
@@ -21,7 +22,8 @@ import os
 import signal
 
 ENV = "HRIDAAI_MIGRATE_STOP_AT"
-POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "catch-up", "ready", "upload", "files")
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "delta", "catch-up", "ready",
+          "upload", "files")
 _FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
                    "sequences": "stamp", "alembic": "stamp"}
 _stopped: set[str] = set()
@@ -34,8 +36,10 @@ def point_of(event: dict) -> str | None:
         return "vector-group"
     if stage == "files":
         return "upload" if "uploaded" in event else "files"
-    if stage == "catch-up":  # its committed steps, its READY; not the timing of its phases
-        return "ready" if event.get("phase") == "ready" else stage if "step" in event else None
+    if stage == "catch-up":  # its committed steps, its delta found, its READY; not the timing of its other phases
+        if event.get("phase") in ("ready", "delta"):
+            return event["phase"]
+        return stage if "step" in event else None
     if stage in ("snapshot", "plan", "schema", "vectors"):
         return stage
     if stage == "load":

@@ -267,3 +267,32 @@ def test_catch_up_refuses_a_chroma_store_it_cannot_read(tmp_path, target_url):
     assert done.returncode == 4 and "Chroma store cannot be read" in done.stderr, done.stderr[-2000:]
     assert "newer chromadb" in done.stderr and "Traceback" not in done.stderr
     assert query(target_url, "SELECT count(*) FROM hridaai_migrate.step")[0][0] == before
+
+
+def test_a_source_written_during_the_window_is_refused_before_any_write(tmp_path, target_url):
+    """--then-verify reads the source in place: HridaAI started on it again while catch-up had found its delta is
+    refused before the first write to the target (exit 75, named); stopped again, the same command then goes
+    through."""
+    data, common = _installed(tmp_path, target_url)
+    _change(data)
+    steps = query(target_url, "SELECT count(*) FROM hridaai_migrate.step")[0][0]
+    json_log = [a if a != "none" else "json" for a in common]
+    proc = subprocess.Popen(MIGRATE + ["catch-up", "--then-verify", *json_log], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HRIDAAI_MIGRATE_STOP_AT": "delta"})
+    assert stopped_at_failpoint(proc, 300), "catch-up ended before its delta was found"
+    assert (tmp_path / "w" / "snapshot-next" / "hridaai.db").is_symlink()  # read in place
+    db = sqlite3.connect(data / "hridaai.db")
+    db.execute("UPDATE chat SET title = 'HridaAI was started again' WHERE id = (SELECT min(id) FROM chat)")
+    db.commit()
+    db.close()
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75 and "changed while catch-up read it" in err, err[-2000:]
+    assert "READY" not in err and "Traceback" not in err
+    assert query(target_url, "SELECT count(*) FROM hridaai_migrate.step")[0][0] == steps  # nothing written
+
+    again = run_cli("catch-up", "--then-verify", *common)  # as the hint says: HridaAI stopped, catch-up again
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "all match" in again.stdout
+    title = query(target_url, "SELECT title FROM chat WHERE id = (SELECT min(id) FROM chat)")[0][0]
+    assert title == "HridaAI was started again"

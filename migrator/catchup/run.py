@@ -74,12 +74,14 @@ class CatchUpReport:
 
 
 async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True,
-                  durable: Callable[[], object] | None = None, plan_vectors: bool = False) -> CatchUpReport:
+                  durable: Callable[[], object] | None = None, plan_vectors: bool = False,
+                  unchanged: Callable[[], object] | None = None) -> CatchUpReport:
     """Apply the delta from `old` (the snapshot the target holds) to ctx.snapshot (S2); see the module docstring.
     statistics=False: the changed tables' statistics are left to `analyze` (after READY: they do not decide what the
     target holds). durable: waits until the new snapshot's files are on disk (called, in a thread, before the target
     records that it holds it: after a crash the next catch-up must find those files as they were read).
-    plan_vectors: ctx.plan was built without its vector part (vectors=False): it is built here, beside the delta."""
+    plan_vectors: ctx.plan was built without its vector part (vectors=False): it is built here, beside the delta.
+    unchanged: raises when a source file the snapshot reads in place was written (called before the first write)."""
     new, plan = ctx.snapshot, ctx.plan
     report = CatchUpReport(old.snapshot_id, new.snapshot_id)
     conn = await pgt.connect(ctx.settings.target_url, bulk=True)
@@ -105,6 +107,8 @@ async def execute(ctx: RunContext, old: Snapshot, *, statistics: bool = True,
             await asyncio.to_thread(_recheck_quarantined, new, t, deltas[t.name], quarantined[t.name])
         if not started:
             await _refuse_foreign_writes(conn, plan.schema, old, tables, quarantined)
+        if unchanged is not None:
+            unchanged()  # what was read in place is still the source: nothing written yet
         clock.lap("checks")
         done = steps_mod.Steps(conn, new.snapshot_id, set(steps), ctx.progress)
         for t in reversed(tables):
