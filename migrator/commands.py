@@ -16,11 +16,9 @@ from migrator import embedded, ledger, snapshot as snap, workdir
 from migrator.catalog import schema as catalog
 from migrator.context import RunContext, StopFlag
 from migrator.errors import MigrationError, PreflightError, TransientError, UsageError, VerificationFailed
-from migrator.load import run as load
 from migrator.plan import build as plan_stage
 from migrator.progress import Progress, choose
 from migrator.settings import Settings
-from migrator.verify import run as verify_stage
 
 log = logging.getLogger(__name__)
 REPORTS = "reports"
@@ -96,6 +94,8 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         try:
+            from migrator.load import run as load  # here: `files`, `status` ... need none of the load's imports
+
             return await load.execute(ctx, resume=resume)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +130,7 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
     then on are not differences. Exit 3 when verify finds any."""
     from migrator.catchup import run as catchup
     from migrator.targets import postgres as pgt
+    from migrator.verify import run as verify_stage
 
     settings, notes = _target(settings, start=True)
     old = snap.find(settings)
@@ -270,7 +271,7 @@ def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail
     if s is None:
         raise UsageError("no snapshot in the work dir", detail=str(settings.work_dir),
                          hint="`migrate files` follows `migrate run` (or catch-up): pass its --work-dir")
-    p = asyncio.run(plan_stage.build(settings, s, scan=False))
+    p = asyncio.run(plan_stage.build(settings, s, scan=False, vectors=False))  # uploads need no Chroma store read
     store = stores.open_store(cfg)
     progress = choose(settings.log_format)
     try:
@@ -294,6 +295,8 @@ def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail
 
 def verify(settings: Settings) -> Outcome:
     """`migrate verify`: exit 0 only when everything matches (3 otherwise)."""
+    from migrator.verify import run as verify_stage
+
     settings, notes = _target(settings, start=True)
     s = snap.find(settings)
     if s is None:
