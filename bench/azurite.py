@@ -13,11 +13,9 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from bench.s3server import free_port, stop
+from bench.s3server import free_port, stop, wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
@@ -37,18 +35,7 @@ def server():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/{ACCOUNT}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}?comp=list", timeout=1)
-            except urllib.error.HTTPError:
-                break  # it answers (403 without a signature): up
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Azurite did not start on {url} (exit {proc.poll()})") from None
-                time.sleep(0.1)
-            else:
-                break
+        wait_answering(proc, f"{url}?comp=list", "Azurite")
         yield url
     finally:
         stop(proc)

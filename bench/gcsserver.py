@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from bench.s3server import free_port, stop
+from bench.s3server import free_port, stop, wait_answering
 
 EMULATOR = Path(sys.executable).with_name("gcp-storage-emulator")
 
@@ -28,17 +26,7 @@ def server():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/storage/v1/b", timeout=1).read()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the GCS emulator did not start on {url} (exit {proc.poll()})") from None
-                time.sleep(0.1)
+        wait_answering(proc, url + "/storage/v1/b", "the GCS emulator")
         yield url
     finally:
         stop(proc)

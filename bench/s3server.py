@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import boto3
@@ -45,18 +46,26 @@ def server(auth: bool = False, log=None):
                             stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/data.json", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start on {url} (exit {proc.poll()})") from None
-                time.sleep(0.1)
+        wait_answering(proc, url + "/moto-api/data.json", "moto server")
         yield url
     finally:
         stop(proc)
+
+
+def wait_answering(proc: subprocess.Popen, url: str, what: str, timeout: float = 60.0) -> None:
+    """Until `url` gets an HTTP answer, whatever its status: the server child `proc` is up. RuntimeError naming
+    `what` when the child exits first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (an error status, e.g. 403 without a signature): up
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start on {url} (exit {proc.poll()})") from None
+            time.sleep(0.1)
 
 
 def stop(proc: subprocess.Popen) -> None:

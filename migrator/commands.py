@@ -145,7 +145,8 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
             old = _complete_checks(settings, old)
         with _timed(progress, "snapshot"):
             new = snap.find(settings, name=NEXT_SNAPSHOT)
-            if new is not None and not _linked_unchanged(new):  # a catch-up cut off, its source written since:
+            # a catch-up cut off, and a source it read in place written since
+            if new is not None and not all(map(snap.unchanged_source, new.linked.values())):
                 if asyncio.run(_applied_any(settings, new)):  # its writes were of what it read: no way on
                     snap.check_linked_sources(new.linked)
                 new = None  # nothing written from it: a new snapshot, of the source as it is now
@@ -208,14 +209,6 @@ def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
 
 
 READY_FILE = "catch-up-ready"
-
-
-def _linked_unchanged(s: snap.Snapshot) -> bool:
-    try:
-        snap.check_linked_sources(s.linked)
-        return True
-    except TransientError:
-        return False
 
 
 async def _applied_any(settings: Settings, s: snap.Snapshot) -> bool:

@@ -57,7 +57,6 @@ class Snapshot:
     # not in the manifest: the page diffs `take(previous=)` found, by file (a resumed catch-up finds none)
     page_diffs = None
 
-
     @property
     def db_path(self) -> Path:
         """The snapshot's copy of hridaai.db."""
@@ -148,7 +147,7 @@ def _copy_into(tmp: Path, source: Path, settings: Settings, *, previous: Snapsho
             if not (link and _linked(source, db, linked)):
                 live.backup(source, db, key=settings.sqlcipher_key)
                 jobs += [pool.submit(_fsync, db)] if sync else []
-            if check:
+            if check and not db.is_symlink():  # a linked source is never opened here but read-only
                 jobs += [pool.submit(_check_copy, source, db, key=settings.sqlcipher_key)]
             vector = jobs[0].result()
             snap = _describe(tmp, source, vector, previous=previous)
@@ -207,16 +206,6 @@ def promote(settings: Settings, name: str, *, set_aside: bool = False) -> Snapsh
     found = find(settings)
     assert found is not None
     return found
-
-
-def find_set_aside(settings: Settings) -> Snapshot | None:
-    """The snapshot `promote(set_aside=True)` kept (until `sweep`), or None."""
-    path = settings.work_dir / PROMOTED / MANIFEST
-    if not path.exists():
-        return None
-    doc = json.loads(path.read_text())
-    doc["directory"] = str(path.parent)
-    return Snapshot(**doc)
 
 
 def sweep(settings: Settings) -> None:
@@ -475,7 +464,8 @@ def complete_checks(settings: Settings, snapshot: Snapshot) -> Snapshot:
     the manifest. PreflightError (exit 4) when a copy fails."""
     if not snapshot.deferred:
         return snapshot
-    aside = find_set_aside(settings)
+    aside = find(settings, name=PROMOTED)  # the previous snapshot, set aside by promote until `sweep`
+    proven = set(snapshot.linked)  # materialize proves these here: not compared with `aside` a second time
     if snapshot.linked:  # read in place until now: copied in, proven to be what was read
         if aside is None:
             raise PreflightError("the snapshot still reads source files in place, and the snapshot it was derived "
@@ -491,7 +481,7 @@ def complete_checks(settings: Settings, snapshot: Snapshot) -> Snapshot:
                               else None) for rel in snapshot.deferred]
         for rel in snapshot.deferred:
             derived = entries[rel].get("derived")
-            if aside is not None and derived and derived["from"] == aside.snapshot_id:
+            if aside is not None and derived and derived["from"] == aside.snapshot_id and rel not in proven:
                 again = _derived_entry(root, root / rel, aside, entries[rel], {})
                 if again is None or identity(again) != identity(entries[rel]):
                     raise PreflightError(f"the snapshot's {rel} is not what catch-up read (damaged before it "

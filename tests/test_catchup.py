@@ -221,7 +221,7 @@ def test_checks_left_after_ready_are_done_by_the_next_command(tmp_path, target_u
     db.close()
     _to_ready_then_killed(common)
     cfg = _settings(tmp_path, data)
-    snap.materialize(snap.find(cfg), snap.find_set_aside(cfg), sync=False)  # copied in, not yet checked
+    snap.materialize(snap.find(cfg), snap.find(cfg, name=snap.PROMOTED), sync=False)  # copied in, not yet checked
     assert not copy.is_symlink()
     with open(copy, "r+b") as f:  # damage the copy's b-tree: a page's cell count far beyond its size
         page_size = int.from_bytes(f.read(18)[16:18], "big")
