@@ -148,6 +148,7 @@ class Session:
         work, logs = self.scratch / f"work-{i}", self.scratch / f"logs-{i}"
         logs.mkdir(parents=True)
         self.log(f"migrate run {i + 1}/{plan.runs} -> database {dbname}")
+        await pgutil.settle(self.admin_dsn)
         res = {"database": dbname, "run": await plan.run(cmd, self.data_dir, work, dsn, logs)}
         if self._reported("run", res["run"], plan.run_note) and self._verifies(i):
             res["verify"] = await plan.verify(cmd, self.data_dir, work, dsn, logs)

@@ -10,6 +10,7 @@ each table's part). The copies and the files are removed afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -117,6 +118,7 @@ async def ceiling(dsn: str, folder: Path, log) -> dict:
         await _execute(dsn, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE", f"CREATE SCHEMA {SCHEMA}",
                        *(f"CREATE TABLE {SCHEMA}.{ident(t)} (LIKE {SOURCE_SCHEMA}.{ident(t)})" for t in tables),
                        "CHECKPOINT")
+        await asyncio.to_thread(os.sync)  # the dump files' pages written before the timed load, as before a run
         seconds, out = await asyncio.to_thread(_psql, psql, dsn, load_script(tables, folder))
         per = parse_load_output(out, tables)
         for t, size in zip(tables, sizes):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +74,17 @@ async def recreate_database(admin_dsn: str, dbname: str) -> str:
     finally:
         await con.close()
     return with_database(admin_dsn, dbname)
+
+
+async def settle(admin_dsn: str) -> None:
+    """A CHECKPOINT, then the OS's dirty pages written (sync): a timed step starts without paying for the writes of
+    the step before it (a previous run's data, the ceiling's dump files)."""
+    con = await asyncpg.connect(admin_dsn)
+    try:
+        await con.execute("CHECKPOINT")
+    finally:
+        await con.close()
+    await asyncio.to_thread(os.sync)
 
 
 async def drop_database(admin_dsn: str, dbname: str) -> None:

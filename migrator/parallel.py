@@ -16,12 +16,12 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 
-async def run_all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run the coroutines concurrently; when one fails (or this is cancelled), cancel the others, wait until they
-    have stopped, and raise."""
+async def run_all(coros: Iterable[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run the coroutines concurrently and return their results; when one fails (or this is cancelled), cancel the
+    others, wait until they have stopped, and raise."""
     tasks = [asyncio.create_task(c) for c in coros]
     try:
-        await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
     except BaseException:
         for t in tasks:
             t.cancel()

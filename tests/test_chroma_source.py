@@ -280,3 +280,20 @@ def test_http_client_reads_a_chroma_server(store, built):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_known_schema_versions_are_what_the_installed_chromadb_writes(tmp_path):
+    # the plan refuses a store a newer chromadb wrote by comparing with these; a known release is not measured (it
+    # costs a chromadb import and a new store), so the table must hold what a measurement gives
+    from importlib import metadata
+
+    from migrator.sources.chroma import store as chroma_files
+
+    version = metadata.version("chromadb")
+    measured = chroma_files.measure_schema_versions()
+    assert measured.keys() >= {"embeddings_queue", "metadb", "sysdb"}
+    assert version in chroma_files.KNOWN_SCHEMA_VERSIONS, f"add chromadb {version}: {measured}"
+    assert chroma_files.KNOWN_SCHEMA_VERSIONS[version] == measured
+    chroma_files.installed_schema_versions.cache_clear()
+    assert chroma_files.installed_schema_versions(tmp_path) == measured
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing cached

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import difflib
-import importlib.metadata
 import json
 import os
 import re
@@ -97,8 +96,8 @@ def expected_work_entries() -> set[str]:
         # no "chroma-read" (vectors/source.py: the scratch copy chromadb opens, since it rewrites what it opens): the
         # direct reader knows this store, so chromadb is not needed and no second copy of the store is made
         "reports",  # commands.py: reports/plan.json
-        f".chromadb-{importlib.metadata.version('chromadb')}-schema.json",  # sources/chroma/store.py: the cache of
-        # the installed chromadb's internal schema versions (to refuse a store a newer chromadb wrote)
+        # no .chromadb-<version>-schema.json (sources/chroma/store.py): the installed chromadb's internal schema
+        # versions are known (KNOWN_SCHEMA_VERSIONS), so nothing is measured or cached
     }
 
 

@@ -34,9 +34,11 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
     conn = await pgt.connect(settings.target_url, bulk=True)
     workers: list[asyncpg.Connection] = []
     pool, clean = None, False
+    # started now, from a thread: spawning a worker blocks until the new process has read the run's context (its
+    # imports first), so their start-up overlaps the lock, the split, the schema and the vector lane's start
+    starting = asyncio.create_task(asyncio.to_thread(Pool, ctx, settings.jobs, asyncio.get_running_loop())
+                                   ) if settings.jobs > 1 else None
     try:
-        if settings.jobs > 1:  # started now: the workers' start-up overlaps the lock, the split and the schema
-            pool = Pool(ctx, settings.jobs, asyncio.get_running_loop())
         await claim(conn)
         loaded = [t for t in plan.tables if t.action in ("load", "quarantine") and t.rows]
         parts = await asyncio.to_thread(split.split_all, snapshot.db_path, loaded)
@@ -47,6 +49,7 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
         # done only once both lanes are.
         vectors = asyncio.create_task(_vectors(ctx, run["run_id"]))
         try:
+            pool = await starting if starting is not None else None
             await _first_failure(_tables_then_close(ctx, pool, parts), vectors)
             if ctx.stop.requested:
                 await vectors  # it stops after its current batches too
@@ -66,7 +69,9 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
             raise
         raise lost from exc
     finally:
-        if pool is not None:
+        if starting is not None:
+            pool = (await asyncio.gather(starting, return_exceptions=True))[0]
+        if isinstance(pool, Pool):
             pool.close(kill=not clean)
         for c in workers:
             await pgt.close_quietly(c)

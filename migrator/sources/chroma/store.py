@@ -31,17 +31,33 @@ def describe_store(store: Path) -> dict:
     return {"schema_versions": versions, "collections": collections, "chromadb_installed": installed}
 
 
+# The internal schema versions chromadb releases write, measured by `measure_schema_versions` (a test measures the
+# installed one again): a known version costs the plan nothing, where measuring imports chromadb and makes a store
+# (about a second, on every fresh work dir).
+KNOWN_SCHEMA_VERSIONS: dict[str, dict[str, int]] = {
+    "1.5.9": {"embeddings_queue": 2, "metadb": 6, "sysdb": 10},
+}
+
+
 @functools.lru_cache(maxsize=1)
 def installed_schema_versions(cache_dir: Path | None = None) -> dict[str, int]:
-    """The internal schema versions the installed chromadb writes (measured: a new empty store in a temp dir).
-
-    chromadb 1.x applies its migrations from its Rust core, so the package's .sql files do not say which ones it
-    knows; a store it creates does. The result is kept per chromadb version in `cache_dir` (the private work dir).
-    """
+    """The internal schema versions the installed chromadb writes: known for the releases in
+    KNOWN_SCHEMA_VERSIONS, else measured once and kept per chromadb version in `cache_dir` (the private work dir)."""
     version = metadata.version("chromadb")
+    if version in KNOWN_SCHEMA_VERSIONS:
+        return dict(KNOWN_SCHEMA_VERSIONS[version])
     cache = cache_dir / f".chromadb-{version}-schema.json" if cache_dir else None
     if cache is not None and cache.exists():
         return json.loads(cache.read_text())
+    found = measure_schema_versions()
+    if cache is not None:
+        cache.write_text(json.dumps(found))
+    return found
+
+
+def measure_schema_versions() -> dict[str, int]:
+    """What the installed chromadb writes: a new empty store in a temp dir. chromadb 1.x applies its migrations
+    from its Rust core, so the package's .sql files do not say which ones it knows; a store it creates does."""
     import chromadb
     from chromadb.config import Settings
 
@@ -50,12 +66,9 @@ def installed_schema_versions(cache_dir: Path | None = None) -> dict[str, int]:
         del client
         conn = sqlite3.connect(Path(tmp) / "chroma.sqlite3")
         try:
-            found = {r[0]: r[1] for r in conn.execute("SELECT dir, max(version) FROM migrations GROUP BY dir")}
+            return {r[0]: r[1] for r in conn.execute("SELECT dir, max(version) FROM migrations GROUP BY dir")}
         finally:
             conn.close()
-    if cache is not None:
-        cache.write_text(json.dumps(found))
-    return found
 
 
 def newer_than_installed(versions: dict[str, int], *, cache_dir: Path | None = None) -> dict[str, tuple[int, int]]:
