@@ -59,12 +59,19 @@ def run(settings: Settings, *, resume: bool = False, progress: Progress | None =
     """`migrate run [--resume]`: snapshot (if none yet), plan, load; exactly once, resumable."""
     settings, notes = _target(settings, start=True)
     progress = progress or choose(settings.log_format)
-    progress.event("snapshot", state="start")
-    s = snap.load_or_take(settings)
-    progress.event("plan", state="start", snapshot=s.snapshot_id)
-    p = asyncio.run(plan_stage.build(settings, s, scan=False))
-    _save_report(settings, "plan.json", p.asdict())
-    report = _run_load(settings, p, s, resume=resume, progress=progress)
+    from migrator.load.workers import Pool  # here: other commands need none of the load's imports
+
+    pool = Pool(settings.jobs, progress) if settings.jobs > 1 else None  # their start-up beside the snapshot's I/O
+    try:
+        progress.event("snapshot", state="start")
+        s = snap.load_or_take(settings)
+        progress.event("plan", state="start", snapshot=s.snapshot_id)
+        p = asyncio.run(plan_stage.build(settings, s, scan=False))
+        _save_report(settings, "plan.json", p.asdict())
+        report = _run_load(settings, p, s, resume=resume, progress=progress, pool=pool)
+    finally:
+        if pool is not None:
+            pool.close(kill=True)  # nothing when the load closed it; never started: not needed
     _export_reports(settings)
     if report.interrupted:
         raise load_interrupted(report)
@@ -77,7 +84,7 @@ def load_interrupted(report) -> MigrationError:
                           hint="`migrate run --resume` continues where this run stopped")
 
 
-def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
+def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress, pool=None):
     stop = StopFlag()
     ctx = RunContext(settings, p, s, progress, stop)
 
@@ -96,7 +103,7 @@ def _run_load(settings: Settings, p, s, *, resume: bool, progress: Progress):
         try:
             from migrator.load import run as load  # here: `files`, `status` ... need none of the load's imports
 
-            return await load.execute(ctx, resume=resume)
+            return await load.execute(ctx, resume=resume, pool=pool)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -176,6 +176,25 @@ def test_any_chunk_arrives_equal_or_is_counted(document, meta):
         assert back == meta and all(type(back[k]) is type(v) for k, v in meta.items())
 
 
+@given(st.dictionaries(st.one_of(st.text(st.characters(exclude_categories=()), max_size=8),
+                               st.text(alphabet="\\u0\x00", max_size=8)), _scalar, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_vmetadata_in_one_pass_is_the_same_as_value_by_value(meta):
+    """vmetadata's one-pass JSON (the common case) returns only what the value-by-value path would, policies
+    included (a NUL, a lone surrogate or a NaN anywhere sends it that way)."""
+    actions = resolve_actions({})
+    fast, slow = Context(actions), Context(actions)
+    try:
+        want = cv._vmetadata_each(meta, slow)
+    except RowRejected:
+        with pytest.raises(RowRejected):
+            cv.vmetadata(meta, fast)
+        return
+    assert cv.vmetadata(meta, fast) == want
+    assert [(f.column, f.policy, f.action) for f in fast.fixups] == [(f.column, f.policy, f.action)
+                                                                        for f in slow.fixups]
+
+
 # --- the policy table, the CLI and the README ---------------------------------------------------------------------
 
 def test_policy_overrides_are_checked_for_the_new_policy():

@@ -170,3 +170,66 @@ def test_errors_cross_from_a_load_worker_whole():
     for exc in (PreflightError("m", detail="d", hint="h"), TransientError("lost", hint="resume")):
         back = pickle.loads(pickle.dumps(exc))
         assert (type(back), back.render(), back.exit_code) == (type(exc), exc.render(), exc.exit_code)
+
+
+def _tagged(tag: str) -> dict[int, str]:
+    """pid -> command line of every process whose environment carries HM_TEST_TAG=<tag> (a run and its children)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if f"HM_TEST_TAG={tag}".encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                out[int(entry.name)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return out
+
+
+def _gone(tag: str, timeout: float = 30) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while (left := _tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.mark.parametrize("ending", ["killed during the snapshot", "refused by the snapshot"])
+def test_load_workers_started_before_the_snapshot_end_with_the_run(target_url, tmp_path, ending):
+    """`run` starts its load workers before the snapshot (their start-up beside its I/O); a run that ends before
+    handing them the plan (SIGKILL, or a source the snapshot refuses) leaves no process behind."""
+    import uuid
+
+    data = tmp_path / "data"
+    shutil.copytree(SMALL, data)
+    tag = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(HM_TEST_TAG=tag, HRIDAAI_MIGRATE_STOP_AT="plan")  # stops right after the snapshot
+    if ending == "refused by the snapshot":
+        (data / "hridaai.db").write_bytes(b"this is not an SQLite database\n" * 200)
+    import subprocess
+
+    from conftest import stopped_at_failpoint
+
+    proc = subprocess.Popen([*MIGRATE, "run", "--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--target",
+                             target_url, "--jobs", "2", "--log-format", "json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        if ending == "killed during the snapshot":
+            assert stopped_at_failpoint(proc), proc.communicate()
+            workers = [c for pid, c in _tagged(tag).items() if pid != proc.pid and "spawn_main" in c]
+            assert len(workers) == 2, _tagged(tag)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        else:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 4, err
+            assert "hridaai.db is not a plain SQLite file" in err.decode() and "Traceback" not in err.decode(), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _gone(tag) == {}
+    assert query(target_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")[0][0] == 0

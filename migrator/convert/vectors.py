@@ -78,6 +78,19 @@ def vmetadata(metadata: dict[str, Any] | None, ctx: Context) -> str | None:
     A key that would become another key of the chunk once scrubbed rejects the chunk (one value would be lost)."""
     if metadata is None:
         return None
+    if all(type(k) is str for k in metadata):  # the common case, one C pass: what the loop below gives unchanged
+        try:
+            out_text = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN/Infinity: their policy, below
+            pass
+        else:  # a NUL is escaped as \u0000 (an escaped backslash before "u0000" only sends it the long way)
+            if "\\u0000" not in out_text and (out_text.isascii() or _SURROGATE.search(out_text) is None):
+                return out_text
+    return _vmetadata_each(metadata, ctx)
+
+
+def _vmetadata_each(metadata: dict[str, Any], ctx: Context) -> str:
+    """vmetadata, key by key and value by value."""
     fired: set[str] = set()
 
     def fire(policy: str) -> None:

@@ -25,19 +25,26 @@ from migrator.vectors import load as vectors_load
 log = logging.getLogger(__name__)
 
 
-async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
+async def execute(ctx: RunContext, *, resume: bool, pool: Pool | None = None) -> LoadReport:
     """Load every table, then the vectors; resumable; returns what was committed (measured from the ledger).
+    `pool`: load workers started earlier (`Pool(settings.jobs, ...)`), handed the context here and closed at the end;
+    without one, they are started here (with `--jobs` > 1).
 
     Raises PreflightError (exit 4) when the target is not ours to write (see begin), TransientError (exit 75) when
     the connection is lost; `ctx.stop` set by a signal ends it after the current batches (report.interrupted)."""
     settings, plan, snapshot = ctx.settings, ctx.plan, ctx.snapshot
-    conn = await pgt.connect(settings.target_url, bulk=True)
+    if pool is None and settings.jobs > 1:
+        pool = Pool(settings.jobs, ctx.progress)
+    if pool is not None:
+        pool.start(ctx, asyncio.get_running_loop())
     workers: list[asyncpg.Connection] = []
-    pool, clean = None, False
-    # started now, from a thread: spawning a worker blocks until the new process has read the run's context (its
-    # imports first), so their start-up overlaps the lock, the split, the schema and the vector lane's start
-    starting = asyncio.create_task(asyncio.to_thread(Pool, ctx, settings.jobs, asyncio.get_running_loop())
-                                   ) if settings.jobs > 1 else None
+    clean = False
+    try:
+        conn = await pgt.connect(settings.target_url, bulk=True)
+    except BaseException:
+        if pool is not None:
+            pool.close(kill=True)
+        raise
     try:
         await claim(conn)
         loaded = [t for t in plan.tables if t.action in ("load", "quarantine") and t.rows]
@@ -49,7 +56,6 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
         # done only once both lanes are.
         vectors = asyncio.create_task(_vectors(ctx, run["run_id"]))
         try:
-            pool = await starting if starting is not None else None
             await _first_failure(_tables_then_close(ctx, pool, parts), vectors)
             if ctx.stop.requested:
                 await vectors  # it stops after its current batches too
@@ -69,9 +75,7 @@ async def execute(ctx: RunContext, *, resume: bool) -> LoadReport:
             raise
         raise lost from exc
     finally:
-        if starting is not None:
-            pool = (await asyncio.gather(starting, return_exceptions=True))[0]
-        if isinstance(pool, Pool):
+        if pool is not None:
             pool.close(kill=not clean)
         for c in workers:
             await pgt.close_quietly(c)

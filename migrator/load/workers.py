@@ -36,23 +36,32 @@ PR_SET_PDEATHSIG = 1
 
 
 class Pool:
-    """`workers` spawned load processes; `await pool.load(part)` loads one part in one of them. Each gets the run's
-    context once when it starts (`ctx.portable()`); its progress comes back to `ctx.progress` here."""
+    """`workers` spawned load processes, started before the run's context exists (their start-up overlaps the
+    snapshot and the plan) and handed it once it does (`start`); `await pool.load(part)` loads one part in one of
+    them. Their progress comes back to `progress` here."""
 
-    def __init__(self, ctx: RunContext, workers: int, loop: asyncio.AbstractEventLoop):
-        mp = multiprocessing.get_context("spawn")  # the queue and event the spawned workers share with this process
+    def __init__(self, workers: int, progress: Progress):
+        mp = multiprocessing.get_context("spawn")  # the queues and event the spawned workers share with this process
         self.events = mp.Queue()
+        self.handoff = mp.Queue()  # the run's context, once per worker (a worker's initializer waits for it)
         self.stop_event = mp.Event()
-        self.progress = ctx.progress
-        self.loop = loop
+        self.progress = progress
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.executor = spawn_pool(workers, initializer=w_start,
-                                   initargs=(ctx.portable(), self.events, self.stop_event, os.getpid()))
+                                   initargs=(self.handoff, self.events, self.stop_event, os.getpid()))
         self.workers = workers
-        self.closed = False
+        self.closed = self.started = False
         self.relay = threading.Thread(target=self._relay, daemon=True, name="load-progress")
-        self.relay.start()
         for _ in range(workers):  # each submit starts one more process (up to `workers`): start them all now
             self.executor.submit(w_ready)
+
+    def start(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the workers the run's context (`ctx.portable()`); their progress goes to `loop` from now on."""
+        self.loop, self.started = loop, True
+        self.relay.start()
+        portable = ctx.portable()
+        for _ in range(self.workers):
+            self.handoff.put(portable)
 
     async def load(self, part: Part) -> bool:
         """True once the part is done; False when it stopped early (stop asked)."""
@@ -73,13 +82,15 @@ class Pool:
         if self.closed:
             return
         self.closed = True
-        if kill:
+        if kill or not self.started:  # never started: they wait for a context that will not come
             for proc in list((getattr(self.executor, "_processes", None) or {}).values()):
                 proc.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.events.put(None)
-        self.relay.join(timeout=5)
+        if self.started:
+            self.events.put(None)
+            self.relay.join(timeout=5)
         self.events.close()
+        self.handoff.close()
 
     def _relay(self) -> None:
         while (msg := self.events.get()) is not None:
@@ -126,13 +137,14 @@ class _StopFlag:
         return self.event.is_set() or os.getppid() != self.parent
 
 
-def w_start(ctx: RunContext, events, stop_event, parent: int) -> None:
-    """A worker's initializer: die with the parent, ignore Ctrl-C, keep the run's context with this process's own
-    progress (sent to the parent) and stop flag."""
+def w_start(handoff, events, stop_event, parent: int) -> None:
+    """A worker's initializer: die with the parent, ignore Ctrl-C, wait for the run's context (Pool.start) and keep
+    it with this process's own progress (sent to the parent) and stop flag."""
     _die_with_parent()
     if os.getppid() != parent:  # the run died before PR_SET_PDEATHSIG was set: no signal will come, go now
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the main decides
+    ctx: RunContext = handoff.get()
     loop = asyncio.new_event_loop()
     _state.update(ctx=ctx.with_(progress=_QueueProgress(events), stop=_StopFlag(stop_event, parent)), loop=loop,
                   conn=None)
