@@ -141,7 +141,7 @@ def _copy_into(tmp: Path, source: Path, settings: Settings, *, previous: Snapsho
     check = not (defer_checks and previous is not None)
     with ThreadPoolExecutor(max_workers=3) as pool:
         linked: dict[str, dict] = {}
-        jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR, check=check, sync=sync,
+        jobs = [pool.submit(_copy_vector_store, settings.vector_store, tmp / VECTOR_DIR,
                             linked=linked if link else None)]
         try:
             if not (link and _linked(source, db, linked)):
@@ -150,10 +150,21 @@ def _copy_into(tmp: Path, source: Path, settings: Settings, *, previous: Snapsho
             if check and not db.is_symlink():  # a linked source is never opened here but read-only
                 jobs += [pool.submit(_check_copy, source, db, key=settings.sqlcipher_key)]
             vector = jobs[0].result()
+            store_db = tmp / VECTOR_DIR / "chroma.sqlite3"
+            if vector is not None and not store_db.is_symlink():  # beside the hashing, not before it
+                jobs += [pool.submit(_fsync, store_db)] if sync else []
+                jobs += [pool.submit(_check_store_copy, settings.vector_store / store_db.name, store_db)
+                         ] if check else []
             snap = _describe(tmp, source, vector, previous=previous)
             if not check:
                 snap.deferred = sorted(f["path"] for f in snap.files if "derived" in f)
             snap.linked = {str(Path(k).relative_to(tmp)): v for k, v in linked.items()}
+        except Exception:
+            wait(jobs)
+            failed = next((e for e in (j.exception() for j in jobs) if e is not None), None)
+            if failed is not None:  # a copy's own verdict (damaged, unreadable) says more than what reading it met
+                raise failed from None
+            raise
         finally:
             wait(jobs)  # never leave a job running on a directory the caller may remove
         for job in jobs:
@@ -270,8 +281,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sync: bool = True,
-                       linked: dict | None = None) -> dict | None:
+def _copy_vector_store(store: Path | None, dest: Path, *, linked: dict | None = None) -> dict | None:
     """chroma.sqlite3 through the backup API, segment folders as files (dirs 0700, files 0600), of one moment: the
     folders are copied before the database, and the copy is taken again when any of their files changed between
     the start of the folders' copy and the end of the database's (a persist of chromadb's, HridaAI running)."""
@@ -288,15 +298,9 @@ def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sy
         for entry in sorted(store.iterdir()):
             if entry.is_dir():
                 shutil.copytree(entry, dest / entry.name, copy_function=shutil.copyfile)
-        try:
-            if not (linked is not None and _linked(db, dest / db.name, linked)):
+        if not (linked is not None and _linked(db, dest / db.name, linked)):
+            with _store_damaged():
                 live.backup(db, dest / db.name, key=None)
-                if check:
-                    _check_copy(db, dest / db.name, key=None)
-        except (PreflightError, UsageError) as exc:
-            raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
-                                 hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
-                                      "after the migration)") from exc
         if _segment_files(store) == before:  # no persist ran from before the folders' copy to after the database's
             break
         shutil.rmtree(dest)
@@ -305,10 +309,24 @@ def _copy_vector_store(store: Path | None, dest: Path, *, check: bool = True, sy
         raise TransientError("Chroma's segment files kept changing while they were copied (HridaAI persisting "
                              "collections)", detail=f"{store}: {SEGMENT_ATTEMPTS} attempts",
                              hint="run the same command again, or while HridaAI is stopped")
-    if sync and not (dest / db.name).is_symlink():
-        _fsync(dest / db.name)
-    private_tree(dest)
+    private_tree(dest)  # (the caller checks and fsyncs its chroma.sqlite3, beside the hashing)
     return {"path": str(store)}
+
+
+def _check_store_copy(source: Path, dest: Path) -> None:
+    """quick_check of the vector store's chroma.sqlite3 copy."""
+    with _store_damaged():
+        _check_copy(source, dest, key=None)
+
+
+@contextlib.contextmanager
+def _store_damaged():
+    try:
+        yield
+    except (PreflightError, UsageError) as exc:
+        raise PreflightError(f"the Chroma store's chroma.sqlite3 is damaged: {exc.message}", detail=exc.detail,
+                             hint="restore vector_db/ from a backup (HridaAI's documents can also be re-indexed "
+                                  "after the migration)") from exc
 
 
 def _segment_files(store: Path) -> dict[str, tuple[int, int, int]]:
