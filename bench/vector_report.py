@@ -49,8 +49,7 @@ def summarize(manifest: dict, base: dict, runs: list[dict]) -> dict:
     if ver:
         line("migrate verify: wall time", ratio(n, ver_s), ver_s)
     phases = {k: median([r["run"]["vectors"].get("phases_s", {}).get(k) for r in ok])
-              for k in ("before_vectors_s", "vector_load_s", "secondary_indexes_s", "vector_index_s",
-                      "rest_of_finalize_s", "after_s")}
+              for k in ("before_vectors_s", "vector_load_s", "index_builds_s", "rest_of_finalize_s", "after_s")}
     return {"vectors": n, "collections": len(manifest["collections"]), "lines": lines,
             "migrate": {"runs": len(runs), "succeeded": len(ok), "run_seconds": run_s,
                         "vector_load_vectors_per_s": load_rate, "phases_s": phases,

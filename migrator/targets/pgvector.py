@@ -245,7 +245,7 @@ ITERATIVE_SCAN_MIN_VERSION = (0, 8, 0)
 
 def vector_literal(query: np.ndarray, dimension: int) -> str:
     """The query vector zero-padded to the column's length as pgvector's text form, as HridaAI sends it."""
-    return "[" + ",".join(repr(float(x)) for x in pad(query, dimension)) + "]"
+    return "[" + ",".join(map(repr, pad(query, dimension).tolist())) + "]"  # tolist: Python floats, as float(x)
 
 
 async def search_as_hridaai(conn: Any, spec: VectorTableSpec, collection: str, query: np.ndarray, k: int, *,

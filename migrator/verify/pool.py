@@ -9,10 +9,10 @@ few connections. Results are small (a 256-bucket TableSum, the row count, the sa
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migrator.parallel import spawn_pool
 from migrator.plan.model import TablePlan
 from migrator.targets import postgres as pgt
 from migrator.verify.table import SideResult, source_side, target_sum
@@ -94,20 +94,15 @@ def bundles(jobs: list[TableJob]) -> list[Bundle]:
     return sorted(out, key=lambda b: -b.cost)
 
 
-async def measure(sides: Sides, jobs: list[TableJob], workers: int) -> dict[str, dict[str, SideResult]]:
-    """{table: {'source': SideResult, 'target': SideResult}} for every job, over `workers` workers."""
+async def measure(sides: Sides, jobs: list[TableJob], executor: Executor) -> dict[str, dict[str, SideResult]]:
+    """{table: {'source': SideResult, 'target': SideResult}} for every job, over `executor`'s workers (the verify's
+    pool, which the vectors' checks share)."""
     work = bundles(jobs)
     out: dict[str, dict[str, SideResult]] = {job.table.name: {} for job in jobs}
-    if not work:
-        return out
     loop = asyncio.get_running_loop()
-    pool = spawn_pool(min(workers, len(work)), thread_when_one=True)
-    try:
-        futures = [loop.run_in_executor(pool, w_run_bundle, sides, b) for b in work]
-        for results in await asyncio.gather(*futures):
-            for side, name, result in results:
-                out[name][side] = result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    futures = [loop.run_in_executor(executor, w_run_bundle, sides, b) for b in work]
+    for results in await asyncio.gather(*futures):
+        for side, name, result in results:
+            out[name][side] = result
     return out
 

@@ -17,6 +17,7 @@ from migrator import ledger
 from migrator.catalog import schema as cat
 from migrator.context import RunContext
 from migrator.convert.table import TableConverter
+from migrator.parallel import run_all, spawn_pool
 from migrator.plan.model import Plan, TablePlan
 from migrator.snapshot import Snapshot
 from migrator.sources import sqlite as src
@@ -90,7 +91,14 @@ async def check(ctx: RunContext, *, sample_size: int = 200, seed: int | None = N
         tables = sorted(plan.tables, key=lambda t: t.order)
         jobs = await _jobs(conn, plan, [t for t in tables if t.action == "load"], rng)
         where = pool.Sides(url, plan.schema, snapshot.db_path, policies, sample_size)
-        sides = await pool.measure(where, list(jobs.values()), settings.jobs)
+        # the tables' sides and the vectors' checks at once, over one set of worker processes (fewer start-ups)
+        executor = spawn_pool(max(1, settings.jobs), thread_when_one=True)
+        try:
+            sides, report.vectors = await run_all([
+                pool.measure(where, list(jobs.values()), executor),
+                vectors_verify.check(ctx, seed=seed, executor=executor)])
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
         samples: list[tuple[TablePlan, str, tuple]] = []
         for t in tables:
             if t.action == "load":
@@ -100,8 +108,7 @@ async def check(ctx: RunContext, *, sample_size: int = 200, seed: int | None = N
         await _sample(conn, plan, samples, report)
         await _alembic(conn, plan, snapshot, report)
         await _sequences(conn, plan, report)
-        if plan.vectors:
-            report.vectors = await vectors_verify.check(ctx, seed=seed)
+        if report.vectors is not None:
             report.warnings += report.vectors["warnings"]
             report.problems += report.vectors["problems"]
     finally:
