@@ -31,6 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="give the data dir a vector_db/: bench.vectors' real-profile Chroma store of N collections "
                          "(built and cached once); then the run's vector lane is reported and the ingest ceiling "
                          "measured. 0 = tables only")
+    ap.add_argument("--vector-profile", choices=("real", "uniform"), default="real",
+                    help="the store of --vector-collections: real-shaped (sizes from the profile), or uniform: "
+                         "--vector-count vectors spread evenly (e.g. 12000 over 2000 collections: issue 18's B, "
+                         "thousands of tiny collections)")
+    ap.add_argument("--vector-count", type=int, default=12_000, help="vectors of the uniform profile's store")
     ap.add_argument("--ingest-ceiling", action="store_true",
                     help="measure the ingest ceiling (psql \\copy of every migrated table into index-free copies, "
                          "after the first run) also without --vector-collections")
@@ -57,13 +62,17 @@ async def measure_baselines(s: harness.Session, server: dict) -> dict:
 
 
 def with_vector_store(data_dir: Path, manifest: dict, args: argparse.Namespace) -> tuple[Path, dict]:
-    """--vector-collections N: the real-profile store of N collections (bench.vector_data's cache, built there when
-    missing) and the tables' data dir, hard-linked into one data dir; its manifest gains ``vector_store``."""
+    """--vector-collections N: the store of N collections (--vector-profile; bench.vector_data's cache, built there
+    when missing) and the tables' data dir, hard-linked into one data dir; its manifest gains ``vector_store``."""
     vectors.scrub_vector_env()
-    vp = vector_data.params("real", 0, args.vector_collections, vector_data.VecParams.dim, args.seed)
+    vp = vector_data.params(args.vector_profile, args.vector_count, args.vector_collections,
+                            vector_data.VecParams.dim, args.seed)
     vdir, vm = vector_data.ensure_dataset(vp, log=log)
+    description = vector_data.describe_real(vm) if args.vector_profile == "real" else (
+        f"{len(vm['collections']):,} collections, {vm['vectors']:,} vectors spread evenly (uniform profile), store "
+        f"{vm['store_bytes'] / 1e6:.0f} MB")
     store = {k: v for k, v in vm.items() if k != "collections"} | {
-        "collections": len(vm["collections"]), "dir": str(vdir), "description": vector_data.describe_real(vm)}
+        "collections": len(vm["collections"]), "dir": str(vdir), "description": description}
     return generate.with_vector_store(data_dir, manifest, vdir, store, log=log)
 
 

@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from migrator import __version__, access
@@ -68,8 +68,9 @@ class Snapshot:
         return Path(self.directory) / VECTOR_DIR if self.vector_store else None
 
     def asdict(self) -> dict:
-        """JSON form (the manifest)."""
-        return asdict(self)
+        """JSON form (the manifest): its fields as they are (dataclasses.asdict's deep copy of thousands of file
+        entries cost 0.16 s a call at 2,000 collections)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def asstr(self) -> str:
         """For people."""
@@ -116,6 +117,8 @@ def take(settings: Settings, *, name: str = SNAPSHOT_DIR, previous: Snapshot | N
             snap = _copy_into(tmp, source, settings, previous=previous, defer_checks=defer_checks, sync=sync,
                               link=link and previous is not None and settings.sqlcipher_key is None)
             final = work / name
+            snap.directory = str(final)  # the manifest names where it will be: written once, before the rename
+            write_json(tmp / MANIFEST, snap.asdict(), what="the snapshot")
             if final.exists():
                 os.replace(final, tmp.with_suffix(".old.tmp"))  # a manifest never survives without its files
                 shutil.rmtree(tmp.with_suffix(".old.tmp"))
@@ -127,8 +130,6 @@ def take(settings: Settings, *, name: str = SNAPSHOT_DIR, previous: Snapshot | N
             raise
         finally:
             os.umask(old_umask)
-    snap.directory = str(final)
-    write_json(final / MANIFEST, snap.asdict(), what="the snapshot")
     return snap
 
 
@@ -169,7 +170,6 @@ def _copy_into(tmp: Path, source: Path, settings: Settings, *, previous: Snapsho
             wait(jobs)  # never leave a job running on a directory the caller may remove
         for job in jobs:
             job.result()  # the integrity check's verdict, a failed fsync
-    write_json(tmp / MANIFEST, snap.asdict(), what="the snapshot")
     return snap
 
 
