@@ -196,10 +196,12 @@ def _gone(tag: str, timeout: float = 30) -> dict[int, str]:
     return left
 
 
-@pytest.mark.parametrize("ending", ["killed during the snapshot", "refused by the snapshot"])
+@pytest.mark.parametrize("ending", ["killed during the snapshot", "refused by the snapshot",
+                                    "refused after the hand-over"])
 def test_load_workers_started_before_the_snapshot_end_with_the_run(target_url, tmp_path, ending):
     """`run` starts its load workers before the snapshot (their start-up beside its I/O); a run that ends before
-    handing them the plan (SIGKILL, or a source the snapshot refuses) leaves no process behind."""
+    handing them the plan (SIGKILL, or a source the snapshot refuses), or right after (a plan with an error-level
+    check: the workers are killed before they have read it), ends at once and leaves no process behind."""
     import uuid
 
     data = tmp_path / "data"
@@ -209,6 +211,13 @@ def test_load_workers_started_before_the_snapshot_end_with_the_run(target_url, t
     env.update(HM_TEST_TAG=tag, HRIDAAI_MIGRATE_STOP_AT="plan")  # stops right after the snapshot
     if ending == "refused by the snapshot":
         (data / "hridaai.db").write_bytes(b"this is not an SQLite database\n" * 200)
+    if ending == "refused after the hand-over":  # an error-level check of the plan: `begin` refuses the run
+        env.pop("HRIDAAI_MIGRATE_STOP_AT")
+        db = sqlite3.connect(data / "vector_db" / "chroma.sqlite3")  # written by a newer chromadb than ours
+        with db:
+            db.execute("INSERT INTO migrations SELECT dir, version + 1, 'future.sql', sql, hash FROM migrations "
+                       "WHERE dir = 'sysdb' ORDER BY version DESC LIMIT 1")
+        db.close()
     import subprocess
 
     from conftest import stopped_at_failpoint
@@ -226,7 +235,9 @@ def test_load_workers_started_before_the_snapshot_end_with_the_run(target_url, t
         else:
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 4, err
-            assert "hridaai.db is not a plain SQLite file" in err.decode() and "Traceback" not in err.decode(), err
+            want = ("hridaai.db is not a plain SQLite file" if ending == "refused by the snapshot" else
+                    "error-level checks")
+            assert want in err.decode() and "Traceback" not in err.decode(), err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -90,6 +90,9 @@ class Pool:
             self.events.put(None)
             self.relay.join(timeout=5)
         self.events.close()
+        # a context handed to workers killed before they read it stays in the pipe: its feeder thread must not
+        # hold this process's exit (multiprocessing joins it at exit otherwise, for ever)
+        self.handoff.cancel_join_thread()
         self.handoff.close()
 
     def _relay(self) -> None:
