@@ -8,7 +8,7 @@ dict lookup per event.
 
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
-groups have not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
+groups have not), vector-batch (a batch of a collection loaded alone has just committed: its next one has not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
 delta (the delta is found: nothing written yet), catch-up (a step, the removals or writes of one table or
 collection, has just committed), ready (`--then-verify`:
 the target's state is pinned and READY announced, verify has not started); and of `migrate files`:
@@ -22,8 +22,8 @@ import os
 import signal
 
 ENV = "HRIDAAI_MIGRATE_STOP_AT"
-POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "index", "stamp", "delta", "catch-up", "ready",
-          "upload", "files")
+POINTS = ("snapshot", "plan", "schema", "copy", "vectors", "vector-group", "vector-batch", "index", "stamp", "delta",
+          "catch-up", "ready", "upload", "files")
 _FINALIZE_STEPS = {"vector-index": "index", "vector-secondary-indexes": "index", "indexes": "index",
                    "sequences": "stamp", "alembic": "stamp"}
 _stopped: set[str] = set()
@@ -34,6 +34,8 @@ def point_of(event: dict) -> str | None:
     stage = event.get("stage")
     if stage == "vectors" and "group" in event:
         return "vector-group"
+    if stage == "vectors" and "batch" in event:
+        return "vector-batch"
     if stage == "files":
         return "upload" if "uploaded" in event else "files"
     if stage == "catch-up":  # its committed steps, its delta found, its READY; not the timing of its other phases

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -17,7 +18,8 @@ import pytest
 
 import conftest
 from bench import chaos, pgserver_ctl
-from conftest import MIGRATE, ROOT, SMALL, query, run_cli, with_password
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli, stopped_at_failpoint, with_password
+from migrator.failpoints import ENV as FAILPOINT
 
 pytestmark = pytest.mark.chaos
 
@@ -97,15 +99,18 @@ def test_backend_terminated_mid_vector_copy_exits_75_then_resumes(target_url, tm
 
     data = data_dir_with(tmp_path, {f"file-{i}": (1500, 384) for i in range(3)})
     args = _args(tmp_path / "w", target_url, batch_rows=500, data=data)
-    proc = subprocess.Popen(MIGRATE + ["run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 300
-    while _batches(target_url, "vector:%") < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    # stopped (SIGSTOP) right after a vector batch committed, however fast the machine; its backends terminated
+    # meanwhile; then let go: its next statement meets the terminated connection
+    proc = subprocess.Popen(MIGRATE + ["run", *args, "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, FAILPOINT: "vector-batch"})
+    assert stopped_at_failpoint(proc), proc.communicate()[1][-2000:]
+    assert _batches(target_url, "vector:%") >= 1
     killed = query(target_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                "WHERE application_name = 'hridaai-migrate' AND pid <> pg_backend_pid()")[0][0]
+    proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=300)
     assert killed and proc.returncode == 75, err[-2000:]
+    assert "connection" in err and "Traceback" not in err, err[-2000:]
     assert run_cli("run", "--resume", *args).returncode == 0
     assert tuple(query(target_url, "SELECT count(*), count(DISTINCT id) FROM document_chunk")[0]) == (4500, 4500)
     verify = run_cli("verify", *args)

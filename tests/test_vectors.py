@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import MIGRATE, ROOT, SMALL, query, run_cli
+from conftest import MIGRATE, ROOT, SMALL, query, run_cli, stopped_at_failpoint
 
 
 def make_store(path: Path, collections: dict[str, tuple[int, int]], *, shared_ids: tuple[str, ...] = (),
@@ -111,19 +111,15 @@ def test_halfvec_on_old_pgvector_is_refused_with_the_setting(target_url, tmp_pat
 def test_sigkill_during_vector_load_then_resume_exactly_once(target_url, tmp_path):
     data = data_dir_with(tmp_path, {f"file-{i}": (2500, 384) for i in range(3)})
     common = args(data, tmp_path / "w", target_url)
-    proc = subprocess.Popen(MIGRATE + ["run", *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            n = query(target_url, "SELECT count(*) FROM hridaai_migrate.batch WHERE unit LIKE 'vector:%'")[0][0]
-        except Exception:  # ledger not there yet
-            n = 0
-        if n >= 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    # stopped (SIGSTOP) right after a vector batch committed, however fast the machine, then killed there
+    proc = subprocess.Popen(MIGRATE + ["run", *common, "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, HRIDAAI_MIGRATE_STOP_AT="vector-batch"))
+    assert stopped_at_failpoint(proc), proc.communicate()[1][-2000:]
+    assert query(target_url, "SELECT count(*) FROM hridaai_migrate.batch WHERE unit LIKE 'vector:%'")[0][0] >= 1
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert query(target_url, "SELECT count(*) FROM document_chunk")[0][0] < 7500  # killed mid-load
     done = run_cli("run", "--resume", *common)
     assert done.returncode == 0, done.stderr
     assert query(target_url, "SELECT count(*) FROM document_chunk")[0][0] == 7500

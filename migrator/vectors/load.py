@@ -295,6 +295,7 @@ async def _copy_collection(ctx: RunContext, conn: asyncpg.Connection, source, in
                                           nbytes=sum(len(r[3] or "") for r in records), quarantine=quarantine,
                                           fixups=fixups)
             ctx.progress.advance(unit, rows=len(batch.chunks), nbytes=0, batch=batch_no)
+            ctx.progress.event("vectors", unit=unit, batch=batch_no, chunks=len(records), state="committed")
             if ctx.stop.requested:
                 return
     finally:
