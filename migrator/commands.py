@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -32,6 +33,20 @@ class Outcome:
     notes: list[str]
 
 
+def _drops_scratch(command):
+    """The command removes chromadb's scratch copy of the store when it ends, whichever way (vectors.source)."""
+    @functools.wraps(command)
+    def wrapped(settings: Settings, *args, **kwargs):
+        try:
+            return command(settings, *args, **kwargs)
+        finally:
+            from migrator.vectors import source as vectors_source
+
+            vectors_source.drop_scratch(settings)
+
+    return wrapped
+
+
 def snapshot(settings: Settings) -> Outcome:
     """`migrate snapshot`: copy the source (hridaai.db and vector_db/) into the work dir, consistently.
 
@@ -40,6 +55,7 @@ def snapshot(settings: Settings) -> Outcome:
     return Outcome(snap.take(settings), [])
 
 
+@_drops_scratch
 def plan(settings: Settings) -> Outcome:
     """`migrate plan`: what `run` would do, read-only on both sides (the snapshot and plan.json aside).
 
@@ -55,6 +71,7 @@ def plan(settings: Settings) -> Outcome:
     return Outcome(p, notes)
 
 
+@_drops_scratch
 def run(settings: Settings, *, resume: bool = False, progress: Progress | None = None) -> Outcome:
     """`migrate run [--resume]`: snapshot (if none yet), plan, load; exactly once, resumable."""
     settings, notes = _target(settings, start=True)
@@ -127,6 +144,7 @@ def _timed(progress: Progress, name: str):
     progress.event("catch-up", phase=name, seconds=round(time.monotonic() - t0, 3))
 
 
+@_drops_scratch
 def catch_up(settings: Settings, *, then_verify: bool = False) -> Outcome:
     """`migrate catch-up`: a new snapshot, and the target brought from the work dir's snapshot to it, writing only
     what changed; exactly once and resumable (an interrupted catch-up continues with the snapshot it took).
@@ -293,6 +311,7 @@ def files(settings: Settings, *, verify_only: bool = False, missing: str = "fail
     return Outcome(report, notes)
 
 
+@_drops_scratch
 def verify(settings: Settings) -> Outcome:
     """`migrate verify`: exit 0 only when everything matches (3 otherwise)."""
     from migrator.verify import run as verify_stage
@@ -315,6 +334,7 @@ def verify(settings: Settings) -> Outcome:
     return Outcome(report, notes)
 
 
+@_drops_scratch
 def tune_search(settings: Settings, *, target_recall: float, sample: int, seed: int, dry_run: bool,
                 reset: bool, when_not_owner: str = "fail") -> Outcome:
     """`migrate tune-search`: measure HridaAI's search recall and set the smallest ivfflat.probes / hnsw.ef_search

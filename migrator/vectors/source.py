@@ -162,6 +162,18 @@ def drop_check_copy(settings: Settings) -> None:
     shutil.rmtree(settings.work_dir / CHECK, ignore_errors=True)
 
 
+def drop_scratch(settings: Settings) -> None:
+    """Remove the scratch copy chromadb opened (a command's end): chromadb rewrites the index files of what it opens
+    from buffers it does not clear, so they may hold bytes of the process's freed memory (seen: a password of the
+    target's URL in a data_level0.bin). Made again from the snapshot when next needed."""
+    lock_path = settings.work_dir / f".{SCRATCH}.lock"
+    if not (settings.work_dir / SCRATCH).exists():
+        return
+    with os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(settings.work_dir / SCRATCH, ignore_errors=True)
+
+
 def prepare(settings: Settings, snapshot: Snapshot) -> None:
     """Take the scratch copy chromadb opens (snapshot sources), without opening it here."""
     if kind(settings, snapshot) == "snapshot":
