@@ -8,7 +8,8 @@ dict lookup per event.
 
 The points, in the order `migrate run` passes them: snapshot, plan, schema, copy (a table's load starts),
 vectors (the vector phase starts), vector-group (a group of small collections has just committed: the next
-groups have not), vector-batch (a batch of a collection loaded alone has just committed: its next one has not), index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
+groups have not), vector-batch (a batch of a collection loaded alone has just committed: its next one has not),
+index (secondary or vector index builds), stamp (sequences, alembic); and of `migrate catch-up`:
 delta (the delta is found: nothing written yet), catch-up (a step, the removals or writes of one table or
 collection, has just committed), ready (`--then-verify`:
 the target's state is pinned and READY announced, verify has not started); and of `migrate files`:

@@ -33,19 +33,14 @@ async def execute(ctx: RunContext, *, resume: bool, pool: Pool | None = None) ->
     Raises PreflightError (exit 4) when the target is not ours to write (see begin), TransientError (exit 75) when
     the connection is lost; `ctx.stop` set by a signal ends it after the current batches (report.interrupted)."""
     settings, plan, snapshot = ctx.settings, ctx.plan, ctx.snapshot
-    if pool is None and settings.jobs > 1:
-        pool = Pool(settings.jobs, ctx.progress)
-    if pool is not None:
-        pool.start(ctx, asyncio.get_running_loop())
+    conn = await pgt.connect(settings.target_url, bulk=True)  # failing here: a pool passed in is the caller's
     workers: list[asyncpg.Connection] = []
     clean = False
     try:
-        conn = await pgt.connect(settings.target_url, bulk=True)
-    except BaseException:
+        if pool is None and settings.jobs > 1:
+            pool = Pool(settings.jobs, ctx.progress)
         if pool is not None:
-            pool.close(kill=True)
-        raise
-    try:
+            pool.start(ctx, asyncio.get_running_loop())
         await claim(conn)
         loaded = [t for t in plan.tables if t.action in ("load", "quarantine") and t.rows]
         parts = await asyncio.to_thread(split.split_all, snapshot.db_path, loaded)

@@ -6,6 +6,7 @@ opens WORK_DIR/chroma-read, a copy of the snapshot's vector_db made once per sna
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -166,12 +167,18 @@ def drop_scratch(settings: Settings) -> None:
     """Remove the scratch copy chromadb opened (a command's end): chromadb rewrites the index files of what it opens
     from buffers it does not clear, so they may hold bytes of the process's freed memory (seen: a password of the
     target's URL in a data_level0.bin). Made again from the snapshot when next needed."""
-    lock_path = settings.work_dir / f".{SCRATCH}.lock"
     if not (settings.work_dir / SCRATCH).exists():
         return
-    with os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(settings.work_dir, SCRATCH):
         shutil.rmtree(settings.work_dir / SCRATCH, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(work_dir: Path, name: str):
+    """WORK_DIR/.<name>.lock held exclusively: one process at a time makes or removes WORK_DIR/<name>."""
+    with os.fdopen(os.open(work_dir / f".{name}.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def prepare(settings: Settings, snapshot: Snapshot) -> None:
@@ -196,8 +203,7 @@ def _scratch(work_dir: Path, snapshot: Snapshot, *, name: str = SCRATCH, segment
     want = snapshot.snapshot_id if segments is None else f"{snapshot.snapshot_id} {' '.join(sorted(segments))}"
     tmp = work_dir / f".{name}.tmp"
     try:
-        with os.fdopen(os.open(work_dir / f".{name}.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _locked(work_dir, name):
             if marker.exists() and marker.read_text() == want:
                 return dest
             shutil.rmtree(dest, ignore_errors=True)

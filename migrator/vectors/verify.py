@@ -76,8 +76,9 @@ async def check(ctx: RunContext, *, seed: int | None = None, executor: Executor 
     infos = plan.vectors.collections
     workers = max(1, settings.jobs)
     work = _balanced(infos, workers) if direct else _bundles(infos)
-    per_collection = queries_per_collection(sum(1 for i in infos if i.count))
-    per_collection_hridaai = queries_per_collection(sum(1 for i in infos if i.count), HRIDAAI_SEARCH_QUERIES)
+    nonempty = sum(1 for i in infos if i.count)
+    per_collection = queries_per_collection(nonempty)
+    per_collection_hridaai = queries_per_collection(nonempty, HRIDAAI_SEARCH_QUERIES)
     loop = asyncio.get_running_loop()
     results: dict[str, Found] = {}
 
@@ -429,7 +430,7 @@ async def _search_as_hridaai(conn, spec: pgv.VectorTableSpec, name: str, sample:
     """recall@10 of the first `n` sampled queries through HridaAI's own statement against the exact top 10 of the
     snapshot's vectors (ties at the 10th distance count), and its latency."""
     out = []
-    for vec, best in list(zip(sample.queries, sample.best))[:n]:
+    for vec, best in itertools.islice(zip(sample.queries, sample.best), n):
         t0 = time.perf_counter()
         rows = await pgv.search_as_hridaai(conn, spec, name, vec, K)
         found.latencies_ms.append((time.perf_counter() - t0) * 1000)
