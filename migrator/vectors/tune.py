@@ -86,7 +86,7 @@ async def _measure(conn, spec: pgv.VectorTableSpec, name: str, out: Tuning, *, s
     queries = await _queries(conn, sample, seed)
     exact = [await _exact(conn, spec, collection, vector) for _, collection, vector in queries]
     limit = await _largest(conn, name)
-    for value in [v for v in CANDIDATES[name] if v <= limit] or [limit]:
+    for value in _candidates(name, limit):
         recalls, latencies = [], []
         for (_, collection, vector), best in zip(queries, exact):
             t0 = time.perf_counter()
@@ -98,6 +98,13 @@ async def _measure(conn, spec: pgv.VectorTableSpec, name: str, out: Tuning, *, s
         out.chosen = str(value)
         if out.measured[str(value)]["recall_at_10"] >= out.target_recall:
             break
+
+
+def _candidates(name: str, limit: int) -> list[int]:
+    """The candidate values up to the limit, the limit itself last: for ivfflat, probes = lists is an exact search,
+    so the target is always reachable (lists = 100 stopped the doubling at 64 before)."""
+    values = [v for v in CANDIDATES[name] if v < limit]
+    return values + [limit]
 
 
 async def _queries(conn, sample: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
