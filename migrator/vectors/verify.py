@@ -272,7 +272,7 @@ class Found:
 
 
 def w_run_bundle(job: BundleJob) -> dict[str, Found]:
-    """In a worker process: compare the collections of one bundle."""
+    """In a worker of verify's pool (a process; with --jobs 1 its one thread): compare the collections of one bundle."""
     return asyncio.run(_bundle(job))
 
 
